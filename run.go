@@ -1,0 +1,157 @@
+package lock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// RunOptions configures Run. The zero value is ready to use.
+type RunOptions struct {
+	// TTL is the lease's time to live, renewed by the watchdog while the
+	// function runs. Zero means 30s. It must lie in [MinTTL, MaxTTL].
+	TTL time.Duration
+
+	// RefreshEvery is how often the watchdog refreshes the lease. Zero means
+	// TTL/3, so two refreshes in a row can fail before the lease runs out.
+	// It must be shorter than TTL.
+	RefreshEvery time.Duration
+
+	// ReleaseTimeout bounds the final Release, which runs on a context that
+	// is not cancelled with Run's. Zero means 5s.
+	ReleaseTimeout time.Duration
+}
+
+const (
+	defaultRunTTL         = 30 * time.Second
+	defaultReleaseTimeout = 5 * time.Second
+)
+
+// ErrInvalidOptions is returned by Run for options it cannot honour, such as
+// RefreshEvery not shorter than TTL.
+var ErrInvalidOptions = errors.New("lock: invalid options")
+
+// Run acquires key on m (waiting as Acquire does), calls fn while holding it,
+// and releases it when fn returns — what Redisson's watchdog and
+// node-redlock's using() give their users.
+//
+// While fn runs, a watchdog refreshes the lease every RefreshEvery. The
+// context passed to fn is cancelled the moment the lease is known to be lost:
+// a refresh reports ErrNotHeld, refreshes keep failing until the lease's TTL
+// has passed on the local clock, or the lease implements Watcher and its
+// backend sees the key change hands. context.Cause of fn's context then
+// wraps ErrNotHeld. fn must stop writing to the guarded resource when its
+// context is done.
+//
+// Run returns the error from acquiring (nothing was called), else fn's error;
+// when fn returned nil but the lease was lost while it ran, an error wrapping
+// ErrNotHeld; else the error of the final Release, if any. The lease is
+// always released (or, if Release fails, left to its TTL) before Run
+// returns, and no goroutine outlives the call.
+func Run(ctx context.Context, m Manager, key string, opts RunOptions, fn func(ctx context.Context, lease Lease) error) error {
+	if m == nil {
+		return ErrClosed
+	}
+	if opts.TTL == 0 {
+		opts.TTL = defaultRunTTL
+	}
+	if err := ValidateTTL(opts.TTL, MaxTTL); err != nil {
+		return err
+	}
+	if opts.RefreshEvery == 0 {
+		opts.RefreshEvery = opts.TTL / 3
+	}
+	if opts.RefreshEvery <= 0 || opts.RefreshEvery >= opts.TTL {
+		return fmt.Errorf("%w: RefreshEvery %v must be in (0, TTL %v)", ErrInvalidOptions, opts.RefreshEvery, opts.TTL)
+	}
+	if opts.ReleaseTimeout <= 0 {
+		opts.ReleaseTimeout = defaultReleaseTimeout
+	}
+
+	lease, err := m.Acquire(ctx, key, opts.TTL)
+	if err != nil {
+		return err
+	}
+	// The lease was granted no later than now, so it is valid at least until
+	// now+TTL on the local clock (clock drift aside).
+	validUntil := time.Now().Add(opts.TTL)
+
+	fctx, cancel := context.WithCancelCause(ctx)
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		watchdog(fctx, lease, opts, validUntil, stop, cancel)
+	}()
+
+	fnErr := fn(fctx, lease)
+
+	close(stop)
+	<-done
+	lost := context.Cause(fctx)
+	cancel(nil)
+	if lost != nil && !errors.Is(lost, ErrNotHeld) {
+		lost = nil // the caller's context ended; that is not a lost lease
+	}
+
+	rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), opts.ReleaseTimeout)
+	relErr := lease.Release(rctx)
+	rcancel()
+
+	switch {
+	case fnErr != nil:
+		return fnErr
+	case lost != nil:
+		return lost
+	default:
+		return relErr
+	}
+}
+
+// watchdog refreshes lease until stop is closed, and cancels fctx with a
+// cause wrapping ErrNotHeld as soon as the lease is known to be lost.
+func watchdog(fctx context.Context, lease Lease, opts RunOptions, validUntil time.Time, stop <-chan struct{}, cancel context.CancelCauseFunc) {
+	var lostCh <-chan struct{}
+	if w, ok := lease.(Watcher); ok {
+		lostCh = w.Lost()
+	}
+	next := time.NewTimer(opts.RefreshEvery)
+	defer next.Stop()
+	expiry := time.NewTimer(time.Until(validUntil))
+	defer expiry.Stop()
+	key := lease.Key()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-fctx.Done():
+			return
+		case <-lostCh:
+			cancel(fmt.Errorf("%w: key %q: the backend saw the key change hands", ErrNotHeld, key))
+			return
+		case <-expiry.C:
+			cancel(fmt.Errorf("%w: key %q: ttl passed without a successful refresh", ErrNotHeld, key))
+			return
+		case <-next.C:
+		}
+		start := time.Now()
+		// A refresh that cannot finish before the lease runs out is useless.
+		rctx, rcancel := context.WithDeadline(fctx, validUntil)
+		err := lease.Refresh(rctx, opts.TTL)
+		rcancel()
+		switch {
+		case err == nil:
+			validUntil = start.Add(opts.TTL)
+			expiry.Reset(time.Until(validUntil))
+			next.Reset(opts.RefreshEvery)
+		case errors.Is(err, ErrNotHeld):
+			cancel(fmt.Errorf("%w: key %q: refresh: %v", ErrNotHeld, key, err))
+			return
+		default:
+			// Transient failure: try again sooner, while the lease lasts.
+			retry := min(opts.RefreshEvery, time.Until(validUntil)/4)
+			next.Reset(max(retry, time.Millisecond))
+		}
+	}
+}
