@@ -1,0 +1,3 @@
+package lock
+
+//go:generate go run ./cmd/scriptgen
