@@ -42,7 +42,7 @@ local token, ttl = ARGV[1], ARGV[2]
 if token == nil or token == '' then
   return redis.error_reply('ERR invalid token: want a non-empty string')
 end
-if ttl == nil or not string.match(ttl, '^[1-9][0-9]*$') or tonumber(ttl) > 31536000000 then
+if ttl == nil or not string.match(ttl, '^[1-9][0-9]*$') or #ttl > 11 or tonumber(ttl) > 31536000000 then
   return redis.error_reply('ERR invalid ttl: want an integer number of milliseconds from 1 to 31536000000')
 end
 local holder = redis.call('GET', KEYS[1])
@@ -70,7 +70,7 @@ end
 return {0, 0, redis.call('PTTL', KEYS[1])}`
 
 // AcquireSHA1 is the SHA1 of AcquireSource, as SCRIPT LOAD replies it.
-const AcquireSHA1 = "928f0c64dc0b68fcd40f37e0cd41465fa7315e90"
+const AcquireSHA1 = "2cd132fb9822fb3da448a6bc47586bbc2f2b22c6"
 
 var acquireScript = rueidis.NewLuaScript(AcquireSource)
 

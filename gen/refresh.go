@@ -32,7 +32,7 @@ local token, ttl = ARGV[1], ARGV[2]
 if token == nil or token == '' then
   return redis.error_reply('ERR invalid token: want a non-empty string')
 end
-if ttl == nil or not string.match(ttl, '^[1-9][0-9]*$') or tonumber(ttl) > 31536000000 then
+if ttl == nil or not string.match(ttl, '^[1-9][0-9]*$') or #ttl > 11 or tonumber(ttl) > 31536000000 then
   return redis.error_reply('ERR invalid ttl: want an integer number of milliseconds from 1 to 31536000000')
 end
 if redis.call('GET', KEYS[1]) == token then
@@ -42,7 +42,7 @@ end
 return 0`
 
 // RefreshSHA1 is the SHA1 of RefreshSource, as SCRIPT LOAD replies it.
-const RefreshSHA1 = "38f549ab74102641570c1e3dc75e945db687c980"
+const RefreshSHA1 = "6299145e571e816f7fd8e2def4595320be54bb9c"
 
 var refreshScript = rueidis.NewLuaScript(RefreshSource)
 

@@ -28,7 +28,7 @@ local token, ttl = ARGV[1], ARGV[2]
 if token == nil or token == '' then
   return redis.error_reply('ERR invalid token: want a non-empty string')
 end
-if ttl == nil or not string.match(ttl, '^[1-9][0-9]*$') or tonumber(ttl) > 31536000000 then
+if ttl == nil or not string.match(ttl, '^[1-9][0-9]*$') or #ttl > 11 or tonumber(ttl) > 31536000000 then
   return redis.error_reply('ERR invalid ttl: want an integer number of milliseconds from 1 to 31536000000')
 end
 local holder = redis.call('GET', KEYS[1])
