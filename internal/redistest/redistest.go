@@ -11,6 +11,14 @@
 // started with Pdeathsig=SIGKILL from a goroutine locked to its own OS thread
 // for the child's whole life, so the server dies even if the test binary is
 // killed. Servers from Start and StartCluster are also stopped in tb.Cleanup.
+//
+// Each running server owns one goroutine (blocked reaping its process) that
+// ends when the server stops, so goleak.VerifyTestMain, or a goleak check
+// made after the test's cleanups, finds none; a check deferred inside a test
+// runs before its cleanups and would see it.
+//
+// Start, StartCluster, Restart and Cli report failure with tb.Fatalf, so
+// they must be called from the test's goroutine.
 package redistest
 
 import (
@@ -86,11 +94,11 @@ func Start(tb testing.TB, extraArgs ...string) *Server {
 	tb.Helper()
 	s, err := StartServer(extraArgs...)
 	if err != nil {
-		tb.Fatalf("redistest: %v", err)
+		tb.Fatalf("%v", err)
 	}
 	tb.Cleanup(func() {
 		if err := s.Close(); err != nil {
-			tb.Errorf("redistest: %v", err)
+			tb.Errorf("%v", err)
 		}
 	})
 	return s
@@ -101,7 +109,11 @@ func Start(tb testing.TB, extraArgs ...string) *Server {
 // removes its temporary directory. On failure it returns an error and
 // leaves nothing running.
 func StartServer(extraArgs ...string) (*Server, error) {
-	return startServer(false, extraArgs)
+	s, err := startServer(false, extraArgs)
+	if err != nil {
+		return nil, fmt.Errorf("redistest: %w", err)
+	}
+	return s, nil
 }
 
 // startServer picks a free port (and, for cluster nodes, a free cluster bus
@@ -121,7 +133,7 @@ func startServer(cluster bool, extraArgs []string) (*Server, error) {
 		}
 		dir, err := os.MkdirTemp("", "redistest-"+strconv.Itoa(port)+"-")
 		if err != nil {
-			return nil, fmt.Errorf("redistest: %w", err)
+			return nil, err
 		}
 		args := []string{
 			"--port", strconv.Itoa(port),
@@ -170,7 +182,7 @@ var errAddrInUse = errors.New("address already in use")
 func (s *Server) startLocked() error {
 	logf, err := os.OpenFile(filepath.Join(s.dir, logName), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		return fmt.Errorf("redistest: %w", err)
+		return err
 	}
 	// The child gets its own copy of the descriptor; an *os.File (not a
 	// buffer) as Stdout means os/exec starts no copying goroutines.
@@ -184,7 +196,7 @@ func (s *Server) startLocked() error {
 	cmd.SysProcAttr = sysProcAttr()
 	p, err := spawn(cmd)
 	if err != nil {
-		return fmt.Errorf("redistest: start %s: %w", s.bin, err)
+		return fmt.Errorf("start %s: %w", s.bin, err)
 	}
 	if err := waitReady(s.Addr, p, readyTimeout); err != nil {
 		stop(p)
@@ -321,7 +333,7 @@ func (s *Server) Close() error {
 		s.p = nil
 	}
 	if rmErr := os.RemoveAll(s.dir); err == nil && rmErr != nil {
-		err = fmt.Errorf("redistest: %w", rmErr)
+		err = rmErr
 	}
 	if err != nil {
 		return fmt.Errorf("redistest: close %s: %w", s.Addr, err)
@@ -448,7 +460,7 @@ func freePort(bus bool) (int, error) {
 		}
 		return port, nil
 	}
-	return 0, fmt.Errorf("redistest: no free port on 127.0.0.1: %v", lastErr)
+	return 0, fmt.Errorf("no free port on 127.0.0.1: %v", lastErr)
 }
 
 // listenFree listens on 127.0.0.1:port (0 = any), closes the listener and
