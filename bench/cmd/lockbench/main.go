@@ -1,0 +1,268 @@
+// Command lockbench measures Redis lock libraries side by side on one Redis:
+// this project's lockredis (and the in-process lockmem), a raw floor (one
+// SET NX PX plus one compare-and-delete EVALSHA on rueidis), and the peers
+// go-redsync/redsync, bsm/redislock and rueidis's rueidislock.
+//
+// Usage:
+//
+//	go run ./cmd/lockbench [flags]
+//
+// With no -addr and no REDIS_URL it starts redis-server from PATH on a free
+// 127.0.0.1 port for the run; without redis-server it falls back to an
+// in-process miniredis and warns that the figures then mean nothing.
+//
+// Two scenarios run for every backend: "uncontended" (-goroutines
+// goroutines, each on its own keys: pairs/s and the latency of one
+// Acquire+Release) and "contended" (-waiters goroutines on one key, holding
+// it for -hold: acquisitions/s, the hand-off gap from a Release returning to
+// the next Acquire returning, Jain's fairness index, Redis commands per
+// acquisition from INFO commandstats). Both report allocations per
+// operation. The output is an aligned table, or JSON with -json; -plot
+// out.png draws the latency percentiles.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/klauthed/lock/bench/harness"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "lockbench:", err)
+		}
+		stop()
+		os.Exit(2)
+	}
+}
+
+// config is the parsed command line.
+type config struct {
+	addr, url  string
+	opts       harness.Options
+	scenarios  []string
+	backends   []string
+	json       bool
+	plot       string
+	rttSamples int
+	progress   bool
+}
+
+func parse(args []string, stderr io.Writer) (*config, error) {
+	fs := flag.NewFlagSet("lockbench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	c := &config{}
+	fs.StringVar(&c.addr, "addr", "", "Redis host:port (default: REDIS_URL, else a redis-server started from PATH, else miniredis)")
+	fs.DurationVar(&c.opts.Duration, "duration", 2*time.Second, "measured time per backend per scenario")
+	fs.DurationVar(&c.opts.Warmup, "warmup", 0, "unmeasured warm-up per backend per scenario (default duration/10, at most 300ms)")
+	fs.IntVar(&c.opts.Goroutines, "goroutines", 50, "uncontended: goroutines, each on its own keys")
+	fs.IntVar(&c.opts.Waiters, "waiters", 8, "contended: goroutines waiting on one key")
+	fs.DurationVar(&c.opts.Hold, "hold", 100*time.Microsecond, "contended: how long a holder keeps the key")
+	fs.DurationVar(&c.opts.TTL, "ttl", 10*time.Second, "lease time of every acquisition")
+	scen := fs.String("scenarios", strings.Join(harness.Scenarios, ","), "comma-separated scenarios")
+	back := fs.String("backends", strings.Join(harness.Backends(), ","), "comma-separated backends")
+	fs.BoolVar(&c.json, "json", false, "write JSON instead of the table")
+	fs.StringVar(&c.plot, "plot", "", "also draw latency percentiles per backend into this PNG file")
+	fs.IntVar(&c.rttSamples, "rtt-samples", 2000, "PINGs for the round-trip measurement")
+	fs.BoolVar(&c.progress, "progress", true, "show a progress line on stderr")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	if c.addr == "" {
+		c.url = os.Getenv("REDIS_URL")
+	}
+	if c.opts.Duration <= 0 {
+		return nil, fmt.Errorf("-duration must be positive")
+	}
+	if c.opts.Warmup == 0 {
+		c.opts.Warmup = min(c.opts.Duration/10, 300*time.Millisecond)
+	}
+	if c.opts.Goroutines <= 0 || c.opts.Waiters <= 0 {
+		return nil, fmt.Errorf("-goroutines and -waiters must be positive")
+	}
+	if c.opts.Hold < 0 {
+		return nil, fmt.Errorf("-hold must not be negative")
+	}
+	for _, s := range split(*scen) {
+		ok := false
+		for _, known := range harness.Scenarios {
+			ok = ok || s == known
+		}
+		if !ok {
+			return nil, fmt.Errorf("unknown scenario %q (have %s)", s, strings.Join(harness.Scenarios, ", "))
+		}
+		c.scenarios = append(c.scenarios, s)
+	}
+	for _, b := range split(*back) {
+		if _, err := harness.Lookup(b); err != nil {
+			return nil, err
+		}
+		c.backends = append(c.backends, b)
+	}
+	if len(c.scenarios) == 0 || len(c.backends) == 0 {
+		return nil, fmt.Errorf("nothing to run: -scenarios and -backends must name at least one each")
+	}
+	return c, nil
+}
+
+func split(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	c, err := parse(args, stderr)
+	if err != nil {
+		return err
+	}
+	target, err := harness.Resolve(c.addr, c.url, stderr)
+	if err != nil {
+		return err
+	}
+	defer target.Close()
+	c.opts.Target = target
+	c.opts.KeyPrefix = fmt.Sprintf("lockbench:%d", time.Now().UnixNano())
+
+	rtt, err := harness.PingRTT(ctx, target, c.rttSamples)
+	if err != nil {
+		return fmt.Errorf("round trip: %w", err)
+	}
+	rep := harness.NewReport(target, rtt, c.opts)
+	prog := newProgress(stderr, c.progress, len(c.scenarios)*len(c.backends), c.opts.Warmup+c.opts.Duration)
+	for _, sc := range c.scenarios {
+		for _, name := range c.backends {
+			b, _ := harness.Lookup(name)
+			prog.begin(sc, name)
+			res, err := harness.Run(ctx, b, sc, c.opts)
+			prog.end()
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if err != nil {
+				return err
+			}
+			rep.Results = append(rep.Results, res)
+		}
+	}
+	prog.done()
+	for _, name := range c.backends {
+		b, _ := harness.Lookup(name)
+		rep.Notes = append(rep.Notes, name+": "+b.Note)
+	}
+	if target.Miniredis() {
+		rep.Notes = append(rep.Notes, harness.MiniredisWarning)
+	}
+	rep.Evaluate()
+	if c.json {
+		err = rep.WriteJSON(stdout)
+	} else {
+		err = rep.WriteTable(stdout)
+	}
+	if err != nil {
+		return err
+	}
+	if c.plot != "" {
+		if err := rep.WritePlot(c.plot); err != nil {
+			return fmt.Errorf("plot: %w", err)
+		}
+		fmt.Fprintf(stderr, "lockbench: wrote %s\n", c.plot)
+	}
+	return nil
+}
+
+// progress shows which backend is running: on a terminal one line redrawn
+// four times a second, elsewhere one line per backend and scenario.
+type progress struct {
+	w       io.Writer
+	on, tty bool
+	total   int
+	each    time.Duration
+
+	mu      sync.Mutex
+	n       int
+	label   string
+	started time.Time
+	stop    chan struct{}
+	wg      sync.WaitGroup
+}
+
+func newProgress(w io.Writer, on bool, total int, each time.Duration) *progress {
+	p := &progress{w: w, on: on, total: total, each: each}
+	if f, ok := w.(*os.File); ok {
+		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
+			p.tty = true
+		}
+	}
+	return p
+}
+
+func (p *progress) line() string {
+	el := time.Since(p.started).Truncate(100 * time.Millisecond)
+	return fmt.Sprintf("lockbench: [%d/%d] %s %s/%s", p.n, p.total, p.label, el, p.each)
+}
+
+func (p *progress) begin(scenario, backend string) {
+	if !p.on {
+		return
+	}
+	p.mu.Lock()
+	p.n++
+	p.label = scenario + " " + backend
+	p.started = time.Now()
+	p.mu.Unlock()
+	if !p.tty {
+		fmt.Fprintf(p.w, "lockbench: [%d/%d] %s\n", p.n, p.total, p.label)
+		return
+	}
+	p.stop = make(chan struct{})
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		t := time.NewTicker(250 * time.Millisecond)
+		defer t.Stop()
+		for {
+			p.mu.Lock()
+			fmt.Fprintf(p.w, "\r\033[K%s", p.line())
+			p.mu.Unlock()
+			select {
+			case <-p.stop:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+}
+
+func (p *progress) end() {
+	if p.on && p.tty && p.stop != nil {
+		close(p.stop)
+		p.wg.Wait()
+		p.stop = nil
+	}
+}
+
+func (p *progress) done() {
+	if p.on && p.tty {
+		fmt.Fprint(p.w, "\r\033[K")
+	}
+}

@@ -1,0 +1,427 @@
+package harness
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/rueidis"
+)
+
+// Scenario names.
+const (
+	// Uncontended: Goroutines goroutines, each acquiring and releasing its
+	// own keys (four per goroutine, in turn) as fast as it can. Reports
+	// acquire+release pairs per second and the latency of one pair.
+	Uncontended = "uncontended"
+	// Contended: Waiters goroutines all Acquire one key, hold it for Hold,
+	// Release it, and go again. Reports acquisitions per second, the
+	// hand-off gap and fairness.
+	Contended = "contended"
+)
+
+// Scenarios lists the scenarios in report order.
+var Scenarios = []string{Uncontended, Contended}
+
+// Options configures one Run.
+type Options struct {
+	Target *Target
+	// Goroutines is the uncontended scenario's goroutine count.
+	Goroutines int
+	// Waiters is the contended scenario's goroutine count.
+	Waiters int
+	// Hold is how long a contended holder keeps the key: time.Sleep from
+	// 1ms up; below that a yielding busy wait, because Go's sleeps on Linux
+	// round short durations up to about a millisecond.
+	Hold time.Duration
+	// TTL is the lease time of every acquisition.
+	TTL time.Duration
+	// Duration is the measured phase's length, used when Ops is 0.
+	Duration time.Duration
+	// Ops, when > 0, ends the measured phase after that many pairs
+	// (uncontended) or acquisitions (contended) instead of after Duration:
+	// the go test benchmarks pass b.N.
+	Ops uint64
+	// Warmup is an unmeasured phase run first, on other keys, so
+	// connections, script caches and pools are warm.
+	Warmup time.Duration
+	// KeyPrefix makes this run's keys unique on a shared server.
+	KeyPrefix string
+}
+
+// Percentiles of a latency distribution.
+type Percentiles struct {
+	P50  time.Duration `json:"p50_ns"`
+	P90  time.Duration `json:"p90_ns"`
+	P99  time.Duration `json:"p99_ns"`
+	P999 time.Duration `json:"p999_ns"`
+	Max  time.Duration `json:"max_ns"`
+	Mean time.Duration `json:"mean_ns"`
+	N    uint64        `json:"n"`
+}
+
+func percentiles(h *Histogram) Percentiles {
+	return Percentiles{
+		P50: h.Quantile(0.5), P90: h.Quantile(0.9), P99: h.Quantile(0.99), P999: h.Quantile(0.999),
+		Max: h.Max(), Mean: h.Mean(), N: h.Count(),
+	}
+}
+
+// Result is one backend in one scenario.
+type Result struct {
+	Backend    string        `json:"backend"`
+	Scenario   string        `json:"scenario"`
+	Goroutines int           `json:"goroutines"`
+	Hold       time.Duration `json:"hold_ns,omitempty"`
+	Elapsed    time.Duration `json:"elapsed_ns"`
+	// Ops is acquire+release pairs (uncontended) or acquisitions
+	// (contended) completed in the measured phase.
+	Ops       uint64  `json:"ops"`
+	OpsPerSec float64 `json:"ops_per_sec"`
+	Errors    uint64  `json:"errors"`
+	FirstErr  string  `json:"first_error,omitempty"`
+	// Latency is the time of one Acquire+Release pair (uncontended) or of
+	// one Acquire, waiting included (contended).
+	Latency Percentiles `json:"latency"`
+	// Handoff (contended) is the gap from the moment the previous holder's
+	// Release returned to the moment the next holder's Acquire returned.
+	// When the next holder's Acquire returns first (possible: the server
+	// frees the key before the releaser reads its reply) the gap counts as
+	// 0; Early says how often.
+	Handoff *Percentiles `json:"handoff,omitempty"`
+	Early   uint64       `json:"handoff_early,omitempty"`
+	// Jain (contended) is Jain's fairness index over per-goroutine
+	// acquisition counts.
+	Jain   float64  `json:"jain,omitempty"`
+	Counts []uint64 `json:"per_goroutine,omitempty"`
+	// CmdsPerOp is Redis commands per pair or acquisition from INFO
+	// commandstats deltas; it includes calls made inside Lua scripts
+	// (Redis counts those too) and leaves out the harness's INFO calls.
+	// -1 when the server reports no counters.
+	CmdsPerOp float64            `json:"cmds_per_op"`
+	CmdsByCmd map[string]float64 `json:"cmds_by_command,omitempty"`
+	// AllocsPerOp and BytesPerOp are runtime.MemStats Mallocs and
+	// TotalAlloc deltas over the measured phase divided by Ops: everything
+	// the process allocated, the backend's background goroutines included.
+	AllocsPerOp float64 `json:"allocs_per_op"`
+	BytesPerOp  float64 `json:"bytes_per_op"`
+}
+
+// Run sets up backend b, runs scenario for a warm-up and then a measured
+// phase, closes the backend, and returns the figures. It returns an error
+// when the backend cannot be set up or the measured phase completed nothing.
+func Run(ctx context.Context, b BackendInfo, scenario string, o Options) (Result, error) {
+	if o.TTL <= 0 {
+		o.TTL = 10 * time.Second
+	}
+	n := o.Goroutines
+	if scenario == Contended {
+		n = o.Waiters
+	} else if scenario != Uncontended {
+		return Result{}, fmt.Errorf("unknown scenario %q", scenario)
+	}
+	if n <= 0 {
+		return Result{}, fmt.Errorf("%s: need at least one goroutine", scenario)
+	}
+	res := Result{Backend: b.Name, Scenario: scenario, Goroutines: n, CmdsPerOp: -1}
+	if scenario == Contended {
+		res.Hold = o.Hold
+	}
+	be, err := b.New(Config{Target: o.Target, TTL: o.TTL})
+	if err != nil {
+		return res, fmt.Errorf("%s: set up: %w", b.Name, err)
+	}
+	defer be.Close()
+	prefix := o.KeyPrefix + ":" + b.Name + ":" + scenario[:1]
+
+	if o.Warmup > 0 {
+		p := &phase{be: be, o: o, n: n, keyPrefix: prefix + ":warm", duration: o.Warmup}
+		p.run(ctx, scenario)
+	}
+
+	// Command counters come from a connection of the harness's own, opened
+	// before the snapshot so its handshake is not counted.
+	var admin *statsReader
+	if o.Target != nil {
+		if c, err := o.Target.Admin(); err == nil {
+			defer c.Close()
+			admin = &statsReader{ctx: context.WithoutCancel(ctx), c: c}
+		}
+	}
+	var statsBefore CommandStats
+	statsOK := false
+	if admin != nil {
+		statsBefore, err = admin.snapshot()
+		statsOK = err == nil
+	}
+
+	p := &phase{be: be, o: o, n: n, keyPrefix: prefix, duration: o.Duration, limit: o.Ops}
+	runtime.GC()
+	var m0, m1 runtime.MemStats
+	runtime.ReadMemStats(&m0)
+	p.run(ctx, scenario)
+	runtime.ReadMemStats(&m1)
+	var stats CommandStats
+	if statsOK {
+		after, err := admin.snapshot()
+		if err == nil {
+			stats = after.Sub(statsBefore)
+		} else {
+			statsOK = false
+		}
+	}
+
+	res.Elapsed = p.elapsed
+	res.Errors = p.errs.Load()
+	if e := p.firstErr.Load(); e != nil {
+		res.FirstErr = (*e).Error()
+	}
+	var lat, gap Histogram
+	for i := range p.workers {
+		w := &p.workers[i]
+		res.Ops += w.count
+		lat.Merge(&w.lat)
+		gap.Merge(&w.gap)
+		res.Early += w.early
+		if scenario == Contended {
+			res.Counts = append(res.Counts, w.count)
+		}
+	}
+	res.Latency = percentiles(&lat)
+	if scenario == Contended {
+		h := percentiles(&gap)
+		res.Handoff = &h
+		res.Jain = Jain(res.Counts)
+	}
+	if res.Ops == 0 {
+		if res.FirstErr != "" {
+			return res, fmt.Errorf("%s %s: nothing completed: %s", b.Name, scenario, res.FirstErr)
+		}
+		return res, fmt.Errorf("%s %s: nothing completed", b.Name, scenario)
+	}
+	if res.Elapsed > 0 {
+		res.OpsPerSec = float64(res.Ops) / res.Elapsed.Seconds()
+	}
+	if statsOK {
+		res.CmdsPerOp = float64(stats.Total) / float64(res.Ops)
+		if stats.Calls != nil {
+			res.CmdsByCmd = map[string]float64{}
+			for name, c := range stats.Calls {
+				res.CmdsByCmd[name] = float64(c) / float64(res.Ops)
+			}
+		}
+	}
+	res.AllocsPerOp = float64(m1.Mallocs-m0.Mallocs) / float64(res.Ops)
+	res.BytesPerOp = float64(m1.TotalAlloc-m0.TotalAlloc) / float64(res.Ops)
+	return res, nil
+}
+
+// worker is one goroutine's private tallies; padded so neighbours do not
+// share cache lines.
+type worker struct {
+	count uint64
+	early uint64
+	lat   Histogram
+	gap   Histogram
+	_     [64]byte
+}
+
+// handoff is the slot for the hand-off after acquisition number seq:
+// rel is when that holder's Release returned, acq when the next holder's
+// Acquire returned (nanoseconds since the phase began, 0 = not yet).
+// Whichever side writes second records the gap; claimed makes sure only one
+// does.
+type handoff struct {
+	rel, acq atomic.Int64
+	claimed  atomic.Bool
+}
+
+const ringSize = 1 << 12
+
+type phase struct {
+	be        Backend
+	o         Options
+	n         int
+	keyPrefix string
+	duration  time.Duration
+	limit     uint64
+
+	start    time.Time
+	stop     atomic.Bool
+	issued   atomic.Uint64 // uncontended: pairs started (for limit)
+	seq      atomic.Uint64 // contended: acquisitions, in lock order
+	ring     []handoff
+	errs     atomic.Uint64
+	firstErr atomic.Pointer[error]
+	workers  []worker
+	elapsed  time.Duration
+}
+
+func (p *phase) fail(err error) {
+	p.errs.Add(1)
+	p.firstErr.CompareAndSwap(nil, &err)
+}
+
+func (p *phase) since() int64 {
+	// +1 so that 0 stays "not yet".
+	return int64(time.Since(p.start)) + 1
+}
+
+func (p *phase) run(parent context.Context, scenario string) {
+	ctx, cancel := context.WithCancel(parent)
+	defer cancel()
+	p.workers = make([]worker, p.n)
+	if scenario == Contended {
+		p.ring = make([]handoff, ringSize)
+	}
+	var wg sync.WaitGroup
+	p.start = time.Now()
+	var stopAt time.Time
+	var once sync.Once
+	halt := func() {
+		once.Do(func() {
+			stopAt = time.Now()
+			p.stop.Store(true)
+			cancel() // wakes waiters blocked in Acquire
+		})
+	}
+	if p.limit == 0 {
+		t := time.AfterFunc(p.duration, halt)
+		defer t.Stop()
+	}
+	go func() {
+		<-parent.Done()
+		halt()
+	}()
+	for i := 0; i < p.n; i++ {
+		wg.Add(1)
+		go func(w *worker, id int) {
+			defer wg.Done()
+			if scenario == Contended {
+				p.contended(ctx, w, halt)
+			} else {
+				p.uncontended(ctx, w, id, halt)
+			}
+		}(&p.workers[i], i)
+	}
+	wg.Wait()
+	halt()
+	p.elapsed = stopAt.Sub(p.start)
+}
+
+func (p *phase) uncontended(ctx context.Context, w *worker, id int, halt func()) {
+	var keys [4]string
+	for i := range keys {
+		keys[i] = p.keyPrefix + ":" + strconv.Itoa(id) + ":" + strconv.Itoa(i)
+	}
+	release := context.WithoutCancel(ctx)
+	for i := 0; !p.stop.Load(); i++ {
+		if p.limit > 0 && p.issued.Add(1) > p.limit {
+			halt()
+			return
+		}
+		t0 := time.Now()
+		h, err := p.be.Acquire(ctx, keys[i&3], p.o.TTL)
+		if err != nil {
+			if !p.stop.Load() {
+				p.fail(err)
+			}
+			continue
+		}
+		err = h.Release(release)
+		d := time.Since(t0)
+		if err != nil {
+			p.fail(err)
+			continue
+		}
+		if p.stop.Load() {
+			return // finished after the end: not counted
+		}
+		w.lat.Record(d)
+		w.count++
+	}
+}
+
+func (p *phase) contended(ctx context.Context, w *worker, halt func()) {
+	key := p.keyPrefix + ":key"
+	release := context.WithoutCancel(ctx)
+	for !p.stop.Load() {
+		t0 := time.Now()
+		h, err := p.be.Acquire(ctx, key, p.o.TTL)
+		if err != nil {
+			if !p.stop.Load() && ctx.Err() == nil {
+				p.fail(err)
+				time.Sleep(time.Millisecond) // no hot loop on a broken backend
+			}
+			continue
+		}
+		acqAt := p.since()
+		counted := !p.stop.Load()
+		seq := p.seq.Add(1)
+		// This holder owns slot seq until it releases; reset it for the
+		// hand-off that follows its own release.
+		mine := &p.ring[seq%ringSize]
+		mine.rel.Store(0)
+		mine.acq.Store(0)
+		mine.claimed.Store(false)
+		if seq > 1 {
+			prev := &p.ring[(seq-1)%ringSize]
+			prev.acq.Store(acqAt)
+			p.claim(prev, w)
+		}
+		if counted {
+			w.count++
+			w.lat.Record(time.Since(t0))
+		}
+		if p.limit > 0 && seq >= p.limit {
+			halt()
+		}
+		hold(p.o.Hold)
+		err = h.Release(release)
+		mine.rel.Store(p.since())
+		p.claim(mine, w)
+		if err != nil && !errors.Is(err, context.Canceled) {
+			p.fail(err)
+		}
+	}
+}
+
+// claim records the gap of slot s once both sides are in, exactly once.
+func (p *phase) claim(s *handoff, w *worker) {
+	rel, acq := s.rel.Load(), s.acq.Load()
+	if rel == 0 || acq == 0 || p.stop.Load() || !s.claimed.CompareAndSwap(false, true) {
+		return
+	}
+	gap := acq - rel
+	if gap < 0 {
+		w.early++
+		gap = 0
+	}
+	w.gap.Record(time.Duration(gap))
+}
+
+type statsReader struct {
+	ctx context.Context
+	c   rueidis.Client
+}
+
+func (s *statsReader) snapshot() (CommandStats, error) { return ReadCommandStats(s.ctx, s.c) }
+
+// hold keeps the key for d; see Options.Hold.
+func hold(d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	if d >= time.Millisecond {
+		time.Sleep(d)
+		return
+	}
+	for end := time.Now().Add(d); time.Now().Before(end); {
+		runtime.Gosched()
+	}
+}
