@@ -1,0 +1,261 @@
+package lockredis
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/klauthed/lock"
+	"github.com/klauthed/lock/gen"
+)
+
+// Lease is one acquisition of a key on a Manager, returned as lock.Lease by
+// TryAcquire and Acquire. Its methods are safe for concurrent use. It also
+// implements lock.Watcher. A nil *Lease holds nothing: Key and Token return
+// "", Fence 0, Refresh lock.ErrNotHeld and Release nil.
+type Lease struct {
+	m        *Manager
+	key      string
+	lockKey  string // shares its bytes with fenceKey
+	fenceKey string
+	token    lock.Token
+	fence    uint64
+
+	released atomic.Bool // a Release got its reply: later calls do no I/O
+	notHeld  atomic.Bool // a Refresh found the lease gone
+	watch    atomic.Pointer[watch]
+}
+
+var (
+	_ lock.Lease   = (*Lease)(nil)
+	_ lock.Watcher = (*Lease)(nil)
+)
+
+// Key returns the key as passed to the Manager.
+func (l *Lease) Key() string {
+	if l == nil {
+		return ""
+	}
+	return l.key
+}
+
+// Token returns the random token of this acquisition, the value of the lock
+// key in Redis while the lease holds it.
+func (l *Lease) Token() lock.Token {
+	if l == nil {
+		return ""
+	}
+	return l.token
+}
+
+// Fence returns the fencing number of this acquisition (see lock.Lease).
+func (l *Lease) Fence() uint64 {
+	if l == nil {
+		return 0
+	}
+	return l.fence
+}
+
+// Refresh sets the lease's remaining time to ttl (truncated to whole
+// milliseconds), counted from when Redis runs the refresh script.
+//
+// On success the lease is held for ttl more. When the lease no longer holds
+// its key (released, expired, taken by another, deleted, or lost with a
+// restarted Redis) it returns an error wrapping lock.ErrNotHeld and changes
+// nothing; a watch started by Lost then reports the loss. Bad ttl returns
+// an error wrapping lock.ErrInvalidTTL before any I/O; a closed Manager
+// lock.ErrClosed; other backend failures leave the lease as it was.
+func (l *Lease) Refresh(ctx context.Context, ttl time.Duration) error {
+	if l == nil {
+		return fmt.Errorf("%w: nil lease", lock.ErrNotHeld)
+	}
+	if err := lock.ValidateTTL(ttl, lock.MaxTTL); err != nil {
+		return err
+	}
+	if l.released.Load() {
+		return fmt.Errorf("%w: key %q: released", lock.ErrNotHeld, l.key)
+	}
+	m := l.m
+	if m.closed.Load() {
+		return lock.ErrClosed
+	}
+	start := time.Now()
+	res, err := gen.Refresh(ctx, m.client, l.lockKey, string(l.token), ttl)
+	if err != nil {
+		return fmt.Errorf("lockredis: refresh %q: %w", l.key, m.mapErr(err))
+	}
+	if !res.Refreshed {
+		l.notHeld.Store(true)
+		if w := l.watch.Load(); w != nil {
+			w.markLost()
+		}
+		return fmt.Errorf("%w: key %q", lock.ErrNotHeld, l.key)
+	}
+	s := m.shard(l.lockKey)
+	s.mu.Lock()
+	if ks := s.keys[l.lockKey]; ks != nil && ks.holder == l {
+		ks.holderUntil = start.Add(ttl)
+	}
+	s.mu.Unlock()
+	return nil
+}
+
+// Release gives the key up if this lease still holds it (compare-and-delete
+// on the token) and hands the turn to the next waiter of the same Manager at
+// once. It stops a watch started by Lost without reporting a loss.
+//
+// It is idempotent: once a Release got Redis's reply, later calls return
+// nil without I/O, and releasing a lease that expired or was taken returns
+// nil and frees nobody else's lease. On backend failure it returns the
+// error and the lease ends at its TTL at the latest (Release may be called
+// again). On a closed Manager it returns lock.ErrClosed.
+func (l *Lease) Release(ctx context.Context) error {
+	if l == nil || l.released.Load() {
+		return nil
+	}
+	m := l.m
+	if m.closed.Load() {
+		return lock.ErrClosed
+	}
+	_, err := gen.Release(ctx, m.client, l.lockKey, string(l.token))
+	if err == nil {
+		l.released.Store(true)
+		if w := l.watch.Load(); w != nil {
+			w.stop()
+		}
+	}
+	// Even after a failure the key may be free now: let the next waiter look.
+	m.keyEvent(l.lockKey, l, true)
+	if err != nil {
+		return fmt.Errorf("lockredis: release %q: %w", l.key, m.mapErr(err))
+	}
+	return nil
+}
+
+// Lost returns a channel that is closed once the Manager has seen that this
+// lease no longer holds its key; lock.Run uses it to cancel its function
+// promptly.
+//
+// The first call starts a watch: a goroutine that reads the key through
+// Redis client-side caching (one cached inspect), and again after every
+// invalidation of the key (a change by anyone, its expiry, a reconnect),
+// until the token in Redis is not this lease's. The watch ends at Release,
+// at loss, or at the Manager's Close; leases that never call Lost cost
+// nothing. Without invalidations (see Options) no goroutine is started and
+// the channel is closed only when Refresh finds the lease gone. The channel
+// is not closed by the lease's own Release.
+func (l *Lease) Lost() <-chan struct{} {
+	if l == nil {
+		return nil
+	}
+	if w := l.watch.Load(); w != nil {
+		return w.lost
+	}
+	w := &watch{l: l, lost: make(chan struct{}), ping: make(chan struct{}, 1)}
+	m := l.m
+	w.ctx, w.cancel = context.WithCancel(m.ctx)
+	if !l.watch.CompareAndSwap(nil, w) {
+		w.cancel()
+		return l.watch.Load().lost
+	}
+	if l.notHeld.Load() {
+		w.markLost()
+	}
+	m.closeMu.RLock()
+	if !m.notify || m.closed.Load() || l.released.Load() || l.notHeld.Load() {
+		m.closeMu.RUnlock()
+		w.cancel()
+		return w.lost
+	}
+	s := m.shard(l.lockKey)
+	s.mu.Lock()
+	ks := s.state(l.lockKey)
+	ks.watches = append(ks.watches, w)
+	s.mu.Unlock()
+	m.wg.Add(1)
+	m.closeMu.RUnlock()
+	go m.watchLoop(w)
+	return w.lost
+}
+
+// watch is the state of one lease's Lost channel.
+type watch struct {
+	l        *Lease
+	lost     chan struct{}
+	ping     chan struct{} // cap 1: the key may have changed
+	ctx      context.Context
+	cancel   context.CancelFunc
+	lostOnce sync.Once
+}
+
+func (w *watch) poke() {
+	select {
+	case w.ping <- struct{}{}:
+	default:
+	}
+}
+
+func (w *watch) markLost() { w.lostOnce.Do(func() { close(w.lost) }) }
+
+func (w *watch) stop() { w.cancel() }
+
+// watchLoop inspects the key after every invalidation until the lease is
+// seen lost or the watch is stopped.
+func (m *Manager) watchLoop(w *watch) {
+	defer m.wg.Done()
+	l := w.l
+	defer func() {
+		s := m.shard(l.lockKey)
+		s.mu.Lock()
+		if ks := s.keys[l.lockKey]; ks != nil {
+			for i, x := range ks.watches {
+				if x == w {
+					ks.watches = append(ks.watches[:i], ks.watches[i+1:]...)
+					break
+				}
+			}
+			s.maybeDelete(l.lockKey, ks)
+		}
+		s.mu.Unlock()
+		w.cancel()
+	}()
+	var retry *time.Timer
+	defer func() {
+		if retry != nil {
+			retry.Stop()
+		}
+	}()
+	backoff := time.Duration(0)
+	for {
+		ins, err := gen.InspectCache(w.ctx, m.client, l.lockKey, inspectCacheTTL)
+		if w.ctx.Err() != nil {
+			return
+		}
+		var retryC <-chan time.Time
+		switch {
+		case err == nil && (!ins.Held || ins.Token != string(l.token)):
+			w.markLost()
+			return
+		case err == nil:
+			backoff = 0
+		default:
+			// Redis unreachable for now (restarting, reconnecting): look
+			// again soon; a reconnect also arrives as an invalidation.
+			backoff = min(max(2*backoff, m.minBO), m.maxBO)
+			if retry == nil {
+				retry = time.NewTimer(backoff)
+			} else {
+				retry.Reset(backoff)
+			}
+			retryC = retry.C
+		}
+		select {
+		case <-w.ping:
+		case <-retryC:
+		case <-w.ctx.Done():
+			return
+		}
+	}
+}
