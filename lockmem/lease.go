@@ -117,13 +117,13 @@ func (l *Lease) Release(_ context.Context) error {
 		return lock.ErrClosed
 	}
 	if !l.gone {
-		l.release(s.m.now())
+		l.release()
 	}
 	return nil
 }
 
 // release ends l, the holder of its key. s.mu must be held.
-func (l *Lease) release(now int64) {
+func (l *Lease) release() {
 	s := l.s
 	if l.q == nil {
 		// Fast path of vacate: no waiter, no watch timer.
@@ -134,7 +134,7 @@ func (l *Lease) release(now int64) {
 		}
 		delete(s.keys, l.key)
 	} else {
-		s.vacate(l, now, true)
+		s.vacate(l, s.m.now(), true) // the clock is read only for a hand-off
 	}
 	s.maybeShrink()
 }

@@ -37,12 +37,16 @@
 //
 // A Manager keeps one entry (the *Lease) per held key, plus a small record
 // per waiting Acquire that is freed when the call returns. Expired entries
-// are removed when their key is next touched, when a waiter's timer fires,
-// and by a sweep of the shard that runs after as many new keys as the shard
-// held live keys at its last sweep (amortised O(1) per acquisition). So the
-// entries in memory are at most the live keys plus about as many expired
-// ones. A shard's map is rebuilt smaller once it holds under 1/8 of its peak
-// size, so a past burst of keys does not pin memory either.
+// are removed when their key is next touched, when a waiter's or a Lost
+// watch's timer fires, and by a sweep of the shard that runs once the shard
+// has taken as many new keys as it held right after its previous sweep (at
+// least 64). A sweep visits every entry of its shard, so its cost is
+// amortised O(1) per acquisition. Right after a sweep every entry is live, so
+// a shard never holds more than twice its largest number of live keys (or
+// 128): memory is bounded by live keys, and the expired entries of a burst
+// are gone after as many new keys again. A shard's map is rebuilt smaller
+// once it holds under 1/8 of its peak size, as Go maps never give back the
+// room of deleted entries.
 //
 // # Tokens
 //
@@ -252,7 +256,7 @@ func (m *Manager) Acquire(ctx context.Context, key string, ttl time.Duration) (l
 	case w.lease != nil:
 		// Handed the key while ctx ended: give it to the next in line.
 		if !w.lease.gone {
-			w.lease.release(m.now())
+			w.lease.release()
 		}
 	case w.q != nil:
 		q := w.q
