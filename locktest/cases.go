@@ -39,7 +39,9 @@ func (s *suite) testExclusionGoroutines(t *testing.T) {
 		inside    atomic.Int32
 		counter   atomic.Int64
 		lastFence atomic.Uint64
-		failures  atomic.Int32
+		overlaps  atomic.Int32 // times a holder found another inside
+		backwards atomic.Int32 // times a fence was not above the previous one
+		failed    atomic.Bool  // Acquire or Release failed
 		wg        sync.WaitGroup
 	)
 	c := ctx(t)
@@ -55,16 +57,14 @@ func (s *suite) testExclusionGoroutines(t *testing.T) {
 				l, err := mgr.Acquire(c, k, s.long())
 				if err != nil {
 					t.Errorf("Acquire: %v", err)
-					failures.Add(1)
+					failed.Store(true)
 					return
 				}
-				if n := inside.Add(1); n != 1 {
-					t.Errorf("%d holders inside at once", n)
-					failures.Add(1)
+				if inside.Add(1) != 1 {
+					overlaps.Add(1)
 				}
-				if f, prev := l.Fence(), lastFence.Load(); f <= prev {
-					t.Errorf("fence %d after fence %d", f, prev)
-					failures.Add(1)
+				if l.Fence() <= lastFence.Load() {
+					backwards.Add(1)
 				}
 				lastFence.Store(l.Fence())
 				v := counter.Load()
@@ -73,16 +73,25 @@ func (s *suite) testExclusionGoroutines(t *testing.T) {
 				inside.Add(-1)
 				if err := l.Release(c); err != nil {
 					t.Errorf("Release: %v", err)
-					failures.Add(1)
+					failed.Store(true)
 					return
 				}
 			}
 		}()
 	}
 	wg.Wait()
-	if failures.Load() == 0 && counter.Load() != goroutines*iterations {
-		t.Fatalf("counter = %d, want %d: updates were lost, so two goroutines held the key at once",
+	if n := overlaps.Load(); n > 0 {
+		t.Errorf("%d times a holder found another holder inside", n)
+	}
+	if n := backwards.Load(); n > 0 {
+		t.Errorf("%d times a lease's fence was not above the previous holder's", n)
+	}
+	if !failed.Load() && counter.Load() != goroutines*iterations {
+		t.Errorf("counter = %d, want %d: updates were lost, so two goroutines held the key at once",
 			counter.Load(), goroutines*iterations)
+	}
+	if t.Failed() {
+		return
 	}
 	mustBeFree(t, m, k)
 }
