@@ -6,7 +6,9 @@
 // Redis string p+"{"+k+"}" (its value is the lease's token, its PTTL the
 // lease's remaining time) and the fence counter in p+"{"+k+"}:fence". Both
 // names share a hash tag, so the same code works on one Redis and on Redis
-// Cluster. The fence counter has no TTL: every distinct key ever locked
+// Cluster. One exception: a key starting with "}" would make the tag empty,
+// which Redis Cluster ignores, so its names are p+"}{~}"+k+"}" and that plus
+// ":fence" (tag "~"); see LockKey. The prefix must not contain braces. The fence counter has no TTL: every distinct key ever locked
 // leaves one small integer key (about 60 bytes plus the key name) behind.
 //
 // # Waiting
@@ -194,6 +196,9 @@ func newManager(opts Options) (*Manager, error) {
 	if opts.Prefix == "" {
 		opts.Prefix = DefaultPrefix
 	}
+	if strings.ContainsAny(opts.Prefix, "{}") {
+		return nil, fmt.Errorf("%w: Prefix %q contains a brace, which would change the keys' hash tag", lock.ErrInvalidOptions, opts.Prefix)
+	}
 	if opts.MinBackoff == 0 {
 		opts.MinBackoff = DefaultMinBackoff
 	}
@@ -288,16 +293,39 @@ func (m *Manager) HandleInvalidations(msgs []rueidis.RedisMessage) {
 	}
 }
 
-// keys returns the lock key and the fence key of key in one allocation.
+// keys returns the lock key and the fence key of key in one allocation:
+// prefix+"{"+key+"}" and that plus ":fence". A key starting with "}" would
+// give an empty hash tag "{}", which Redis Cluster ignores (it then hashes
+// the whole name, putting the two names in different slots); such a key
+// gets prefix+"}{~}"+key+"}" instead, whose tag is "~". No other key can
+// produce that name (every other lock key continues the prefix with "{").
 func (m *Manager) keys(key string) (lockKey, fenceKey string) {
+	open := "{"
+	if key[0] == '}' {
+		open = emptyTagOpen
+	}
 	var b strings.Builder
-	b.Grow(len(m.prefix) + len(key) + len("{}:fence"))
+	b.Grow(len(m.prefix) + len(open) + len(key) + len("}:fence"))
 	b.WriteString(m.prefix)
-	b.WriteByte('{')
+	b.WriteString(open)
 	b.WriteString(key)
 	b.WriteString("}:fence")
 	fenceKey = b.String()
 	return fenceKey[:len(fenceKey)-len(":fence")], fenceKey
+}
+
+// emptyTagOpen starts the names of keys that begin with "}"; see keys.
+const emptyTagOpen = "}{~}"
+
+// LockKey returns the Redis name of key's lock for prefix: prefix+"{"+key+"}",
+// or prefix+"}{~}"+key+"}" when key starts with "}" (see the package
+// documentation). The fence counter is LockKey(prefix, key)+":fence". It
+// does not validate its arguments.
+func LockKey(prefix, key string) string {
+	if key != "" && key[0] == '}' {
+		return prefix + emptyTagOpen + key + "}"
+	}
+	return prefix + "{" + key + "}"
 }
 
 // newLease validates key and ttl and makes the lease an acquire would
