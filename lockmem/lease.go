@@ -163,13 +163,20 @@ func (l *Lease) Lost() <-chan struct{} {
 	if l.lost != nil {
 		return l.lost
 	}
+	if !l.gone && !s.closed {
+		if now := s.m.now(); l.expires <= now {
+			s.vacate(l, now, false) // expired already: lost now
+			s.maybeShrink()
+		} else {
+			l.lost = make(chan struct{})
+			l.armWatch(now)
+			return l.lost
+		}
+	}
 	if l.lostSeen {
 		l.lost = closedChan
-		return l.lost
-	}
-	l.lost = make(chan struct{})
-	if !l.gone && !s.closed {
-		l.armWatch(s.m.now())
+	} else {
+		l.lost = make(chan struct{}) // released by its owner: never closed
 	}
 	return l.lost
 }

@@ -254,6 +254,14 @@ func TestLease_Lost(t *testing.T) {
 		t.Fatal("the expired entry was not removed")
 	}
 
+	late := take(t, m, "a2", time.Second)
+	c.Advance(2 * time.Second)
+	select {
+	case <-late.Lost(): // expired before Lost was first called
+	default:
+		t.Fatal("Lost of an already expired lease not closed")
+	}
+
 	released := take(t, m, "b", time.Second)
 	rl := released.Lost()
 	_ = released.Release(ctx)
