@@ -124,6 +124,9 @@ func (h *Histogram) Quantile(q float64) time.Duration {
 	for i, c := range h.counts {
 		cum += c
 		if cum >= rank {
+			if i == histBuckets-1 {
+				return time.Duration(h.max) // the overflow bucket has no middle
+			}
 			v := bucketValue(i)
 			if v < h.min {
 				v = h.min

@@ -131,7 +131,9 @@ func fmtBreakdown(m map[string]float64) string {
 	}
 	var kvs []kv
 	for k, v := range m {
-		kvs = append(kvs, kv{k, v})
+		if v >= 0.005 { // what rounds to 0.00 is noise (handshakes, pings)
+			kvs = append(kvs, kv{k, v})
+		}
 	}
 	// largest first, then by name
 	for i := 1; i < len(kvs); i++ {

@@ -52,6 +52,10 @@ type Options struct {
 	Warmup time.Duration
 	// KeyPrefix makes this run's keys unique on a shared server.
 	KeyPrefix string
+	// Measure, when set, is called just before the measured phase starts
+	// (start=true) and just after it ends (start=false): the go test
+	// benchmarks start and stop their timer there.
+	Measure func(start bool)
 }
 
 // Percentiles of a latency distribution.
@@ -164,7 +168,13 @@ func Run(ctx context.Context, b BackendInfo, scenario string, o Options) (Result
 	runtime.GC()
 	var m0, m1 runtime.MemStats
 	runtime.ReadMemStats(&m0)
+	if o.Measure != nil {
+		o.Measure(true)
+	}
 	p.run(ctx, scenario)
+	if o.Measure != nil {
+		o.Measure(false)
+	}
 	runtime.ReadMemStats(&m1)
 	var stats CommandStats
 	if statsOK {
@@ -305,7 +315,7 @@ func (p *phase) run(parent context.Context, scenario string) {
 			if scenario == Contended {
 				p.contended(ctx, w, halt)
 			} else {
-				p.uncontended(ctx, w, id, halt)
+				p.uncontended(ctx, w, id)
 			}
 		}(&p.workers[i], i)
 	}
@@ -314,7 +324,7 @@ func (p *phase) run(parent context.Context, scenario string) {
 	p.elapsed = stopAt.Sub(p.start)
 }
 
-func (p *phase) uncontended(ctx context.Context, w *worker, id int, halt func()) {
+func (p *phase) uncontended(ctx context.Context, w *worker, id int) {
 	var keys [4]string
 	for i := range keys {
 		keys[i] = p.keyPrefix + ":" + strconv.Itoa(id) + ":" + strconv.Itoa(i)
@@ -322,8 +332,7 @@ func (p *phase) uncontended(ctx context.Context, w *worker, id int, halt func())
 	release := context.WithoutCancel(ctx)
 	for i := 0; !p.stop.Load(); i++ {
 		if p.limit > 0 && p.issued.Add(1) > p.limit {
-			halt()
-			return
+			return // the others finish theirs; run halts when all are back
 		}
 		t0 := time.Now()
 		h, err := p.be.Acquire(ctx, keys[i&3], p.o.TTL)

@@ -1,0 +1,168 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/klauthed/lock/bench/harness"
+	"github.com/klauthed/lock/internal/redistest"
+)
+
+// checkReport asserts that every backend ran in every scenario and produced
+// real figures.
+func checkReport(t *testing.T, rep *harness.Report, wantCmds bool) {
+	t.Helper()
+	backends := harness.Backends()
+	if got, want := len(rep.Results), len(backends)*len(harness.Scenarios); got != want {
+		t.Fatalf("%d results, want %d (every backend in every scenario)", got, want)
+	}
+	for _, sc := range harness.Scenarios {
+		for _, b := range backends {
+			var r *harness.Result
+			for i := range rep.Results {
+				if rep.Results[i].Scenario == sc && rep.Results[i].Backend == b {
+					r = &rep.Results[i]
+				}
+			}
+			if r == nil {
+				t.Errorf("%s %s: no row", sc, b)
+				continue
+			}
+			if r.Ops == 0 || r.OpsPerSec <= 0 || r.Latency.P50 <= 0 || r.Latency.N != r.Ops {
+				t.Errorf("%s %s: ops %d, ops/s %.0f, p50 %v, latency n %d: want all non-zero and n = ops",
+					sc, b, r.Ops, r.OpsPerSec, r.Latency.P50, r.Latency.N)
+			}
+			if r.Errors != 0 {
+				t.Errorf("%s %s: %d errors, first %s", sc, b, r.Errors, r.FirstErr)
+			}
+			if r.AllocsPerOp <= 0 {
+				t.Errorf("%s %s: allocs/op %v, want > 0", sc, b, r.AllocsPerOp)
+			}
+			if wantCmds && b != "lockmem" && r.CmdsPerOp < 1 {
+				t.Errorf("%s %s: cmds/op %v, want >= 1 (every acquisition talks to Redis)", sc, b, r.CmdsPerOp)
+			}
+			if sc == harness.Contended {
+				if r.Handoff == nil || r.Handoff.N == 0 {
+					t.Errorf("%s %s: no hand-offs measured", sc, b)
+				}
+				if r.Jain <= 0 || r.Jain > 1 || len(r.Counts) != r.Goroutines {
+					t.Errorf("%s %s: jain %v over %d counts, want (0,1] over %d", sc, b, r.Jain, len(r.Counts), r.Goroutines)
+				}
+			}
+		}
+	}
+	if rep.RTT <= 0 {
+		t.Errorf("round trip %v, want > 0", rep.RTT)
+	}
+	if len(rep.Targets) == 0 {
+		t.Error("no targets evaluated")
+	}
+	for _, c := range rep.Targets {
+		if c.Status == "n/a" {
+			t.Errorf("target %q not evaluated: %s", c.Name, c.Detail)
+		}
+	}
+}
+
+func runJSON(t *testing.T, args ...string) (*harness.Report, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	if err := run(context.Background(), append(args, "-json", "-progress=false"), &out, &errb); err != nil {
+		t.Fatalf("run: %v\nstderr: %s", err, errb.String())
+	}
+	var rep harness.Report
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatalf("output is not the JSON report: %v\n%s", err, out.String())
+	}
+	return &rep, errb.String()
+}
+
+func TestRun_everyBackendBothScenariosOnRealRedis(t *testing.T) {
+	srv := redistest.Start(t)
+	plot := filepath.Join(t.TempDir(), "lat.png")
+	rep, _ := runJSON(t, "-addr", srv.Addr, "-duration", "200ms", "-warmup", "30ms",
+		"-rtt-samples", "200", "-plot", plot)
+	if rep.TargetKind != "addr" || rep.Version == "" {
+		t.Errorf("target kind %q version %q, want addr and the server's version", rep.TargetKind, rep.Version)
+	}
+	checkReport(t, rep, true)
+	png, err := os.ReadFile(plot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.HasPrefix(png, []byte("\x89PNG\r\n\x1a\n")) || len(png) < 5000 {
+		t.Errorf("plot: %d bytes, not a drawn PNG", len(png))
+	}
+}
+
+func TestRun_tableListsEveryBackendPerScenario(t *testing.T) {
+	srv := redistest.Start(t)
+	var out, errb bytes.Buffer
+	err := run(context.Background(), []string{"-addr", srv.Addr, "-duration", "50ms", "-warmup", "10ms",
+		"-rtt-samples", "50", "-progress=false"}, &out, &errb)
+	if err != nil {
+		t.Fatalf("run: %v\n%s", err, errb.String())
+	}
+	text := out.String()
+	for _, sc := range harness.Scenarios {
+		if !strings.Contains(text, "\n"+sc+": ") {
+			t.Errorf("no %s section in:\n%s", sc, text)
+		}
+	}
+	rows := map[string]int{}
+	for _, line := range strings.Split(text, "\n") {
+		// a table row: the backend's name, then ten or more figures
+		if f := strings.Fields(line); len(f) >= 10 {
+			rows[f[0]]++
+		}
+	}
+	for _, b := range harness.Backends() {
+		if rows[b] != 2 {
+			t.Errorf("backend %s has %d rows, want 2:\n%s", b, rows[b], text)
+		}
+	}
+	if !strings.Contains(text, "targets (lockredis):") {
+		t.Errorf("no targets section:\n%s", text)
+	}
+}
+
+func TestRun_fallsBackToMiniredisWithWarning(t *testing.T) {
+	t.Setenv("PATH", t.TempDir()) // no redis-server
+	t.Setenv("REDIS_URL", "")
+	rep, stderr := runJSON(t, "-duration", "100ms", "-warmup", "20ms", "-rtt-samples", "50")
+	if !strings.Contains(stderr, harness.MiniredisWarning) {
+		t.Errorf("stderr lacks the miniredis warning:\n%s", stderr)
+	}
+	if rep.TargetKind != "miniredis" {
+		t.Errorf("target kind %q, want miniredis", rep.TargetKind)
+	}
+	checkReport(t, rep, false)
+}
+
+func TestParse_rejectsUnknownNamesAndBadValues(t *testing.T) {
+	for _, args := range [][]string{
+		{"-backends", "lockredis,nosuch"},
+		{"-scenarios", "sideways"},
+		{"-duration", "0s"},
+		{"-goroutines", "0"},
+		{"-hold", "-1ms"},
+		{"-backends", ","},
+		{"extra"},
+	} {
+		if _, err := parse(args, &bytes.Buffer{}); err == nil {
+			t.Errorf("parse(%q) accepted", args)
+		}
+	}
+	c, err := parse([]string{"-backends", "raw, lockredis", "-scenarios", "contended"}, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(c.backends, ",") != "raw,lockredis" || strings.Join(c.scenarios, ",") != "contended" {
+		t.Errorf("parsed backends %q scenarios %q", c.backends, c.scenarios)
+	}
+}
