@@ -11,6 +11,8 @@
 //
 //	-scripts dir   directory of the *.lua files (default "scripts")
 //	-out dir       directory of the generated package (default "gen")
+//	-functions f   the Redis Functions library holding every script
+//	               (default "<scripts dir>/functions/klauthed.lua"; see functions.go)
 //
 // Output is deterministic. Files in -out that carry scriptgen's "Code
 // generated" header but no longer match a script are removed; other files
@@ -42,24 +44,44 @@ func run(argv []string, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	scriptsDir := fs.String("scripts", "scripts", "directory of the *.lua scripts")
 	outDir := fs.String("out", "gen", "directory of the generated Go package")
+	funcPath := fs.String("functions", "", "path of the Redis Functions library (default <scripts>/"+functionsFile+")")
 	if err := fs.Parse(argv); err != nil {
 		return err
 	}
 	if fs.NArg() != 0 {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
+	if *funcPath == "" {
+		*funcPath = filepath.Join(*scriptsDir, filepath.FromSlash(functionsFile))
+	}
 	display := filepath.ToSlash(filepath.Clean(*scriptsDir))
-	files, err := generate(*scriptsDir, display)
+	scripts, err := loadScripts(*scriptsDir, display)
 	if err != nil {
 		return err
 	}
-	return writeFiles(*outDir, files)
+	files, err := render(scripts, display)
+	if err != nil {
+		return err
+	}
+	if err := writeFiles(*outDir, files); err != nil {
+		return err
+	}
+	return writeLibrary(*funcPath, renderFunctions(scripts, display))
 }
 
 // generate reads dir/*.lua and renders the gen package. display is how the
 // script directory is named in generated comments and errors ("scripts").
 // It returns file base names mapped to their contents.
 func generate(dir, display string) (map[string][]byte, error) {
+	scripts, err := loadScripts(dir, display)
+	if err != nil {
+		return nil, err
+	}
+	return render(scripts, display)
+}
+
+// loadScripts reads and parses dir/*.lua, sorted by file name.
+func loadScripts(dir, display string) ([]*script, error) {
 	paths, err := filepath.Glob(filepath.Join(dir, "*.lua"))
 	if err != nil {
 		return nil, err
@@ -81,7 +103,7 @@ func generate(dir, display string) (map[string][]byte, error) {
 		}
 		scripts = append(scripts, s)
 	}
-	return render(scripts, display)
+	return scripts, nil
 }
 
 // render renders parsed scripts into gen file contents.
