@@ -449,7 +449,7 @@ func (m *Manager) attempt(ctx context.Context, l *Lease, ttl time.Duration) (gen
 	if m.closed.Load() {
 		return res, lock.ErrClosed
 	}
-	if ctx.Err() != nil && m.cleanup > 0 {
+	if (ctx.Err() != nil || isCtxErr(err)) && m.cleanup > 0 {
 		m.cleanupAcquire(ctx, l, ttl)
 	}
 	return res, err
@@ -474,7 +474,16 @@ func (m *Manager) acquireErr(ctx context.Context, key string, err error) error {
 	if cerr := ctx.Err(); cerr != nil {
 		return notAcquired(key, cerr)
 	}
+	if isCtxErr(err) {
+		// rueidis enforces the context's deadline itself and may report it
+		// a moment before ctx.Err does.
+		return notAcquired(key, err)
+	}
 	return fmt.Errorf("lockredis: acquire %q: %w", key, err)
+}
+
+func isCtxErr(err error) bool {
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)
 }
 
 func notAcquired(key string, cerr error) error {
