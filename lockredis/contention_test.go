@@ -7,6 +7,7 @@ import (
 	"net"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,6 +18,31 @@ import (
 	"github.com/klauthed/lock/internal/redistest"
 	"github.com/klauthed/lock/lockredis"
 )
+
+// commandStats parses INFO commandstats into calls per command, lower case.
+// It counts the commands that scripts run inside Redis too.
+func commandStats(tb testing.TB, s *redistest.Server) map[string]int {
+	tb.Helper()
+	stats := map[string]int{}
+	for _, line := range strings.Split(s.Cli(tb, "INFO", "commandstats"), "\n") {
+		name, rest, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if !ok || !strings.HasPrefix(name, "cmdstat_") {
+			continue
+		}
+		for _, f := range strings.Split(rest, ",") {
+			if v, ok := strings.CutPrefix(f, "calls="); ok {
+				n, err := strconv.Atoi(v)
+				if err != nil {
+					tb.Fatalf("INFO commandstats line %q: %v", line, err)
+				}
+				stats[strings.TrimPrefix(name, "cmdstat_")] = n
+			}
+		}
+	}
+	return stats
+}
+
+func sortDurations(d []time.Duration) { slices.Sort(d) }
 
 // connSetup are commands a client sends once per connection, not per call.
 var connSetup = map[string]bool{

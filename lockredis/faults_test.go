@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/klauthed/lock"
+	"github.com/klauthed/lock/gen"
 	"github.com/klauthed/lock/internal/redistest"
 	"github.com/klauthed/lock/lockredis"
 	"github.com/redis/rueidis"
@@ -75,7 +76,7 @@ func TestFault_ScriptFlush(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("waiter not woken within 5s of the release after SCRIPT FLUSH")
 	}
-	if n := s.Cli(t, "SCRIPT", "EXISTS", "2cd132fb9822fb3da448a6bc47586bbc2f2b22c6"); n != "1" {
+	if n := s.Cli(t, "SCRIPT", "EXISTS", gen.AcquireSHA1); n != "1" {
 		t.Errorf("acquire script not loaded again after the fallback: SCRIPT EXISTS = %q", n)
 	}
 }
