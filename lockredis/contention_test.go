@@ -176,8 +176,9 @@ func contend(t *testing.T, managers []*lockredis.Manager, goroutines, acqs int, 
 // Two Managers sharing the key (as two processes would) are measured too.
 // There a hand-off between Managers costs more: the losing Manager's
 // front waiter spends a failed acquire and a cached inspect, which rueidis
-// sends as CLIENT CACHING, MULTI, PTTL, EVALSHA_RO, EXEC. The bound there is
-// 8, to catch a polling storm, not to claim a target.
+// sends as CLIENT CACHING, MULTI, PTTL, EVALSHA_RO, EXEC: at most about
+// 2+1+5 = 8 per acquisition (about 7 measured). The bound there is 10, to
+// catch a polling storm, not to claim a target.
 func TestContended_commandsPerAcquisition(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
@@ -185,7 +186,7 @@ func TestContended_commandsPerAcquisition(t *testing.T) {
 		max      float64
 	}{
 		{"OneManager", 1, 3},
-		{"TwoManagers", 2, 8},
+		{"TwoManagers", 2, 10},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := redistest.Start(t)
