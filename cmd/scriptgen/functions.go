@@ -53,9 +53,9 @@ const (
 //     ("denyoom") commands. A script that runs no such command therefore
 //     behaves the same under EVAL and FCALL only with allow-oom: release
 //     and refresh keep working under memory pressure, as with EVAL. A
-//     script calling anything else (acquire: INCR, SET) gets no flag, so
-//     while over maxmemory its FCALL fails with OOM on every path, where
-//     EVAL would still answer the busy and re-acquire paths.
+//     script calling anything else (acquire: SET, INCR) gets no flag, so
+//     while over maxmemory its FCALL fails with OOM before it runs, where
+//     EVAL fails at the first such command (for acquire, its first).
 
 // oomSafe are commands without the "denyoom" flag (Redis 7): they never
 // grow memory, so Redis runs them while over maxmemory.

@@ -374,9 +374,8 @@ func state(t *testing.T, c rueidis.Client, key string) keyState {
 // TestFunctions_overMaxmemory checks the one place where flags matter
 // beyond FCALL_RO: a server over maxmemory (noeviction). release and
 // refresh (allow-oom) and inspect (no-writes) answer there as their EVAL
-// scripts do, so a holder can still let go of its lock; acquire fails with
-// OOM, also on a held key, where EVAL may answer busy (the difference
-// scripts/README.md documents).
+// scripts do, so a holder can still let go of its lock; acquire (no flag)
+// fails with OOM on free and held keys alike, as its EVAL script does.
 func TestFunctions_overMaxmemory(t *testing.T) {
 	scripts, err := loadScripts(filepath.Join("..", "..", "scripts"), "scripts")
 	if err != nil {
@@ -442,12 +441,15 @@ func TestFunctions_overMaxmemory(t *testing.T) {
 	if n := do("EXISTS", "e{free}", "e{free}:fence", "f{free}", "f{free}:fence"); n.Value != int64(0) {
 		t.Errorf("acquire over maxmemory wrote %v keys", n.Value)
 	}
-	// acquire of a held key: FCALL refuses it with OOM (documented). (EVAL
-	// of acquire.lua usually answers {0, 0, pttl} here, but not always on
-	// 7.0, so the test does not rely on it.)
+	// acquire of a held key: both fail with OOM too (the script's first
+	// command, SET NX, needs memory) and leave the holder alone.
+	ev = do("EVAL", src["acquire"], "2", "e{refresh}", "e{refresh}:fence", "other", "5000")
 	fc = do("FCALL", "klauthed_acquire", "2", "f{refresh}", "f{refresh}:fence", "other", "5000")
-	if fc.Err != oom {
-		t.Errorf("FCALL acquire of a held key over maxmemory = %+v, want %q", fc, oom)
+	if ev.Err != oom || fc.Err != oom {
+		t.Errorf("acquire of a held key over maxmemory: EVAL %+v, FCALL %+v, want both %q", ev, fc, oom)
+	}
+	if v := do("MGET", "e{refresh}", "f{refresh}"); cmp.Diff([]any{"tok", "tok"}, v.Value) != "" {
+		t.Errorf("holders after acquire over maxmemory = %+v, want both still tok", v)
 	}
 }
 
