@@ -1,0 +1,419 @@
+package reliability
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	toxiproxy "github.com/Shopify/toxiproxy/v2"
+	"github.com/klauthed/lock"
+	"github.com/klauthed/lock/internal/redistest"
+	"github.com/klauthed/lock/lockredis"
+	"github.com/redis/rueidis"
+	"github.com/rs/zerolog"
+)
+
+// Fault-suite sizes. RELIABILITY_ROUNDS multiplies the run.
+const (
+	faultClients = 8
+	faultTTL     = 500 * time.Millisecond
+	runTimeout   = 3 * time.Second // each lock.Run's context
+	releaseTO    = time.Second     // lock.RunOptions.ReleaseTimeout
+	// hangSlack is how long past its context's deadline a call may take to
+	// return before it counts as a hang (scheduling under -race on a
+	// loaded 2-core machine included).
+	hangSlack = time.Second
+)
+
+var faultKeys = []string{"alpha", "beta", "gamma"}
+
+// newToxiServer returns an in-process toxiproxy server with logging off.
+func newToxiServer() *toxiproxy.ApiServer {
+	return toxiproxy.NewServer(toxiproxy.NewMetricsContainer(nil), zerolog.Nop())
+}
+
+// newProxy starts a toxiproxy proxy on a free loopback port to upstream and
+// stops it in t.Cleanup.
+func newProxy(t *testing.T, srv *toxiproxy.ApiServer, name, upstream string) *toxiproxy.Proxy {
+	t.Helper()
+	p := toxiproxy.NewProxy(srv, name, "127.0.0.1:0", upstream)
+	if err := p.Start(); err != nil {
+		t.Fatalf("toxiproxy start %s: %v", name, err)
+	}
+	t.Cleanup(p.Stop)
+	return p
+}
+
+// addToxic adds a toxic given as JSON to p.
+func addToxic(t *testing.T, p *toxiproxy.Proxy, js string) {
+	t.Helper()
+	if _, err := p.Toxics.AddToxicJson(strings.NewReader(js)); err != nil {
+		t.Fatalf("add toxic %s to %s: %v", js, p.Name, err)
+	}
+}
+
+// heal removes every toxic of p. With dropping toxics (timeout) it first
+// stops the proxy, closing its connections, so no connection ever resumes
+// after bytes were dropped from its stream (a real TCP connection never
+// loses bytes in the middle and carries on; rueidis would then pair replies
+// with the wrong requests), and starts it again on the same address.
+func heal(t *testing.T, p *toxiproxy.Proxy, restart bool) {
+	t.Helper()
+	if restart {
+		p.Stop()
+	}
+	p.Toxics.ResetToxics(context.Background())
+	if restart {
+		if err := p.Start(); err != nil {
+			t.Fatalf("restart proxy %s on %s: %v", p.Name, p.Listen, err)
+		}
+	}
+}
+
+// client is one contender: its own Manager (own rueidis connection) behind
+// its own proxy.
+type client struct {
+	id    int
+	proxy *toxiproxy.Proxy
+	m     *recManager
+	// holding is the lease record of the critical section running now, if
+	// any, with the time its function plans to end.
+	mu       sync.Mutex
+	holding  *leaseRec
+	planned  time.Time
+	outcomes map[string]int
+	runHangs []string
+}
+
+func (c *client) setHolding(r *leaseRec, until time.Time) {
+	c.mu.Lock()
+	c.holding, c.planned = r, until
+	c.mu.Unlock()
+}
+
+// work is the client's loop: take a random key with lock.Run and write to
+// the fenced register while holding it, until ctx ends.
+func (c *client) work(ctx context.Context, reg *fencedRegister, rng *rand.Rand) {
+	for ctx.Err() == nil {
+		key := faultKeys[rng.IntN(len(faultKeys))]
+		// Mostly short critical sections; one in four lasts up to two and a
+		// half TTLs, so it needs the watchdog's refreshes.
+		hold := time.Duration(rng.Int64N(int64(50*time.Millisecond))) + 2*time.Millisecond
+		if rng.IntN(4) == 0 {
+			hold = time.Duration(rng.Int64N(int64(2*faultTTL+faultTTL/2))) + faultTTL/2
+		}
+		rctx, cancel := context.WithTimeout(ctx, runTimeout)
+		dl, _ := rctx.Deadline()
+		err := lock.Run(rctx, c.m, key, lock.RunOptions{TTL: faultTTL, ReleaseTimeout: releaseTO},
+			func(fctx context.Context, l lock.Lease) error {
+				r := l.(*recLease).rec
+				end := time.Now().Add(hold)
+				c.setHolding(r, end)
+				defer c.setHolding(nil, time.Time{})
+				pause := time.NewTimer(0)
+				defer pause.Stop()
+				for time.Now().Before(end) {
+					if !reg.write(fctx, r) {
+						break
+					}
+					pause.Reset(time.Duration(5+rng.IntN(25)) * time.Millisecond)
+					select {
+					case <-fctx.Done():
+					case <-pause.C:
+					}
+				}
+				if errors.Is(context.Cause(fctx), lock.ErrNotHeld) {
+					r.mu.Lock()
+					r.told = time.Now()
+					r.mu.Unlock()
+				}
+				return nil
+			})
+		cancel()
+		end := time.Now()
+		c.mu.Lock()
+		c.outcomes[errKind(err)]++
+		if late := end.Sub(dl.Add(releaseTO)); late > hangSlack {
+			c.runHangs = append(c.runHangs, fmt.Sprintf("client %d: lock.Run returned %v after its deadline+release timeout", c.id, late))
+		}
+		c.mu.Unlock()
+		if err != nil && errKind(err) == "error" {
+			// Backend failure (connection reset, Redis restarting): back off
+			// a little, as a real caller would.
+			time.Sleep(time.Duration(10+rng.IntN(40)) * time.Millisecond)
+		}
+	}
+}
+
+// rounds is RELIABILITY_ROUNDS, default 3.
+func rounds(t *testing.T) int {
+	s := os.Getenv("RELIABILITY_ROUNDS")
+	if s == "" {
+		return 3
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 {
+		t.Fatalf("RELIABILITY_ROUNDS=%q: want a positive integer", s)
+	}
+	return n
+}
+
+// TestFaults runs faultClients Managers, each on its own connection through
+// its own toxiproxy proxy, contending for three keys on one redis-server
+// with lock.Run, while faults are injected one after another: latency,
+// bandwidth limits, connection resets, timeouts, a black hole longer than
+// the TTL around one client that holds a lease (the stalled holder), a
+// redis-server restart, SCRIPT FLUSH and CLIENT KILL. Each holder writes to
+// a fenced register while it holds its lease. After the run the history is
+// checked (see check): no overlapping leases on the server, fences in
+// real-time order (also with porcupine), no register write out of fence
+// order, no holder writing after a newer lease was granted without having
+// been told, no call returning later than its context allowed, and the
+// stalled holder was told. The last line of output is the figures line.
+//
+// Redis runs with appendonly yes, appendfsync always: that is the
+// configuration under which fences survive a restart (see
+// TestRestart_withoutPersistence_resetsFences for the other one).
+func TestFaults(t *testing.T) {
+	nRounds := rounds(t)
+	// toxiproxy's toxics log through zerolog's global logger.
+	zerolog.SetGlobalLevel(zerolog.Disabled)
+	srv := redistest.Start(t, "--appendonly", "yes", "--appendfsync", "always")
+	toxi := newToxiServer()
+	h := newHistory()
+	reg := newRegister()
+
+	clients := make([]*client, faultClients)
+	for i := range clients {
+		p := newProxy(t, toxi, fmt.Sprintf("client%d", i), srv.Addr)
+		m, err := lockredis.New(lockredis.Options{ClientOption: rueidis.ClientOption{
+			InitAddress: []string{p.Listen},
+			Dialer:      net.Dialer{Timeout: time.Second},
+		}})
+		if err != nil {
+			t.Fatalf("lockredis.New via proxy %s: %v", p.Listen, err)
+		}
+		t.Cleanup(func() { m.Close() })
+		clients[i] = &client{id: i, proxy: p, m: &recManager{m: m, client: i, h: h}, outcomes: map[string]int{}}
+	}
+
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	var wg sync.WaitGroup
+	for i, c := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.work(ctx, reg, rand.New(rand.NewPCG(uint64(i), uint64(time.Now().UnixNano()))))
+		}()
+	}
+
+	rng := rand.New(rand.NewPCG(1, uint64(time.Now().UnixNano())))
+	faults := map[string]int{}
+	pick := func(n int) []*client {
+		idx := rng.Perm(len(clients))[:n]
+		out := make([]*client, n)
+		for i, j := range idx {
+			out[i] = clients[j]
+		}
+		return out
+	}
+	calm := func() { time.Sleep(400 * time.Millisecond) }
+	var stalled []*leaseRec
+
+	for round := 0; round < nRounds; round++ {
+		calm()
+		// Latency with jitter both ways on three clients.
+		for _, c := range pick(3) {
+			addToxic(t, c.proxy, `{"type":"latency","stream":"downstream","attributes":{"latency":60,"jitter":40}}`)
+			addToxic(t, c.proxy, `{"type":"latency","stream":"upstream","attributes":{"latency":30,"jitter":20}}`)
+			faults["latency"]++
+		}
+		time.Sleep(2 * time.Second)
+		for _, c := range clients {
+			heal(t, c.proxy, false)
+		}
+		calm()
+
+		// Bandwidth limit (KB/s) on two clients.
+		for _, c := range pick(2) {
+			addToxic(t, c.proxy, `{"type":"bandwidth","stream":"downstream","attributes":{"rate":2}}`)
+			addToxic(t, c.proxy, `{"type":"bandwidth","stream":"upstream","attributes":{"rate":2}}`)
+			faults["bandwidth"]++
+		}
+		time.Sleep(2 * time.Second)
+		for _, c := range clients {
+			heal(t, c.proxy, false)
+		}
+		calm()
+
+		// Connection resets (TCP RST) on two clients for a moment: every
+		// connection that carries data meanwhile is reset.
+		for _, c := range pick(2) {
+			addToxic(t, c.proxy, `{"type":"reset_peer","stream":"upstream","attributes":{"timeout":0}}`)
+			faults["reset"]++
+		}
+		time.Sleep(300 * time.Millisecond)
+		for _, c := range clients {
+			heal(t, c.proxy, true)
+		}
+		calm()
+
+		// Timeouts: data dropped, the connection closed after 400ms.
+		for _, c := range pick(2) {
+			addToxic(t, c.proxy, `{"type":"timeout","stream":"upstream","attributes":{"timeout":400}}`)
+			faults["timeout"]++
+		}
+		time.Sleep(time.Second)
+		for _, c := range clients {
+			heal(t, c.proxy, true)
+		}
+		calm()
+
+		// The stalled holder: a client holding a lease with long work left
+		// is cut off (nothing passes, nothing is closed) for three TTLs.
+		if c, r := waitForHolder(clients, 3*time.Second); c != nil {
+			addToxic(t, c.proxy, `{"type":"timeout","stream":"upstream","attributes":{"timeout":0}}`)
+			addToxic(t, c.proxy, `{"type":"timeout","stream":"downstream","attributes":{"timeout":0}}`)
+			faults["blackhole"]++
+			stalled = append(stalled, r)
+			time.Sleep(3 * faultTTL)
+			heal(t, c.proxy, true)
+		} else {
+			t.Errorf("round %d: no client held a lease with %v of work left within 3s; stalled holder not tested", round, 2*faultTTL)
+		}
+		calm()
+
+		// redis-server restarted (appendfsync always: keys and fences kept).
+		srv.Restart(t)
+		faults["restart"]++
+		calm()
+
+		// SCRIPT FLUSH: every client's next EVALSHA meets NOSCRIPT.
+		if got := srv.Cli(t, "SCRIPT", "FLUSH"); got != "OK" {
+			t.Fatalf("SCRIPT FLUSH = %q", got)
+		}
+		faults["scriptflush"]++
+		calm()
+
+		// CLIENT KILL of every client connection, twice in a row.
+		for range 2 {
+			srv.Cli(t, "CLIENT", "KILL", "TYPE", "normal")
+			faults["clientkill"]++
+			time.Sleep(150 * time.Millisecond)
+		}
+		calm()
+	}
+
+	// A calm tail, then stop the clients. Each must come back within its
+	// Run's bound; a client stuck past that is a hang, and the run ends
+	// with the goroutines' stacks instead of hanging the test binary.
+	time.Sleep(time.Second)
+	stop()
+	finished := make(chan struct{})
+	go func() { wg.Wait(); close(finished) }()
+	select {
+	case <-finished:
+	case <-time.After(runTimeout + releaseTO + 2*hangSlack):
+		buf := make([]byte, 1<<20)
+		buf = buf[:runtime.Stack(buf, true)]
+		t.Fatalf("clients did not stop within %v of the end of the run (hang):\n%s", runTimeout+releaseTO+2*hangSlack, buf)
+	}
+
+	v := check(h, reg, hangSlack)
+	outcomes := map[string]int{}
+	for _, c := range clients {
+		for k, n := range c.outcomes {
+			outcomes[k] += n
+		}
+		v.hangs = append(v.hangs, c.runHangs...)
+	}
+	for _, r := range stalled {
+		v.stalled++
+		r.mu.Lock()
+		told := !r.told.IsZero()
+		r.mu.Unlock()
+		if told {
+			v.stalledTold++
+		} else {
+			t.Errorf("stalled holder (client %d, key %q, fence %d) was never told it lost the lease", r.client, r.key, r.fence)
+		}
+	}
+	report := func(name string, list []string) {
+		for i, s := range list {
+			if i == 10 {
+				t.Errorf("%s: ... %d more", name, len(list)-10)
+				break
+			}
+			t.Errorf("%s: %s", name, s)
+		}
+	}
+	report("overlap", v.overlaps)
+	report("fence order", v.fenceOrder)
+	report("register order", v.outOfOrder)
+	report("untold stale writer", v.untold)
+	report("hang", v.hangs)
+	if v.porcupine != "ok" {
+		t.Errorf("porcupine: the acquisitions' fences are %s as a per-key counter", v.porcupine)
+	}
+	if len(h.leases) < 50 {
+		t.Errorf("only %d acquisitions in the run; the clients made no progress", len(h.leases))
+	}
+
+	t.Logf("outcomes of lock.Run: %s; writes=%d rejected=%d stalled-holders-told=%d/%d porcupine=%s",
+		fmtCounts(outcomes), v.writes, v.rejected, v.stalledTold, v.stalled, v.porcupine)
+	figures = fmt.Sprintf("faults: clients=%d acquisitions=%d faults=%s violations=%d hangs=%d",
+		len(clients), len(h.leases), fmtCounts(faults, "latency", "bandwidth", "reset", "timeout", "blackhole", "restart", "scriptflush", "clientkill"),
+		v.violations(), len(v.hangs))
+	t.Log(figures)
+}
+
+// waitForHolder returns a client that holds a lease whose critical section
+// has at least two TTLs of work left, and that lease, waiting up to d.
+func waitForHolder(clients []*client, d time.Duration) (*client, *leaseRec) {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		for _, c := range clients {
+			c.mu.Lock()
+			r, until := c.holding, c.planned
+			c.mu.Unlock()
+			if r != nil && time.Until(until) > 2*faultTTL {
+				return c, r
+			}
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return nil, nil
+}
+
+// fmtCounts prints m as k:v,k:v in the given order, then the other keys
+// sorted.
+func fmtCounts(m map[string]int, order ...string) string {
+	seen := map[string]bool{}
+	var parts []string
+	for _, k := range order {
+		seen[k] = true
+		parts = append(parts, fmt.Sprintf("%s:%d", k, m[k]))
+	}
+	var rest []string
+	for k := range m {
+		if !seen[k] {
+			rest = append(rest, k)
+		}
+	}
+	sort.Strings(rest)
+	for _, k := range rest {
+		parts = append(parts, fmt.Sprintf("%s:%d", k, m[k]))
+	}
+	return strings.Join(parts, ",")
+}
