@@ -169,14 +169,16 @@ func TestInspectCache_servedFromClientCacheUntilKeyChanges(t *testing.T) {
 		t.Fatalf("InspectCache = %+v, %v", in, err)
 	}
 	calls := evalROCalls(t, srv)
-	for i := 0; i < 3; i++ {
+	for i := 0; i < 10; i++ {
 		in, err = gen.InspectCache(ctx, c, lk, time.Minute)
 		if err != nil || in.Token != "first" {
 			t.Fatalf("InspectCache (cached) = %+v, %v", in, err)
 		}
 	}
-	if got := evalROCalls(t, srv); got != calls {
-		t.Fatalf("server ran %d read-only script calls for 3 cached InspectCache calls, want 0", got-calls)
+	// rueidis's static-TTL path (no MULTI/PTTL wrapper) stores the entry
+	// on the second read, so at most one of the ten reaches the server.
+	if got := evalROCalls(t, srv); got-calls > 1 {
+		t.Fatalf("server ran %d read-only script calls for 10 InspectCache calls of an unchanged key, want at most 1", got-calls)
 	}
 
 	// Another connection releases and re-takes the key: the server sends

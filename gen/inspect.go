@@ -71,14 +71,15 @@ func Inspect(ctx context.Context, c rueidis.Client, lockKey string) (InspectResu
 // InspectCache runs scripts/inspect.lua like Inspect, but through the client-side
 // cache: c.DoCache with EVALSHA_RO, so the server tracks the key for
 // this connection and invalidates the cached reply when the key changes
-// or expires; clientTTL bounds how long the reply may be served from the
-// cache. On NOSCRIPT it retries with EVAL_RO, also cached. Where the
+// or expires; clientTTL alone bounds how long the reply may be served
+// from the cache (ToStaticTTL: no MULTI/PTTL wrapper, so the cached
+// reply's TTL field is as of the read). On NOSCRIPT it retries with EVAL_RO, also cached. Where the
 // client cache is disabled or unsupported, rueidis sends the command
 // uncached. Results and errors are as for Inspect.
 func InspectCache(ctx context.Context, c rueidis.Client, lockKey string, clientTTL time.Duration) (InspectResult, error) {
-	res := c.DoCache(ctx, c.B().EvalshaRo().Sha1(InspectSHA1).Numkeys(1).Key(lockKey).Cache(), clientTTL)
+	res := c.DoCache(ctx, c.B().EvalshaRo().Sha1(InspectSHA1).Numkeys(1).Key(lockKey).Cache().ToStaticTTL(), clientTTL)
 	if err, ok := rueidis.IsRedisErr(res.Error()); ok && err.IsNoScript() {
-		res = c.DoCache(ctx, c.B().EvalRo().Script(InspectSource).Numkeys(1).Key(lockKey).Cache(), clientTTL)
+		res = c.DoCache(ctx, c.B().EvalRo().Script(InspectSource).Numkeys(1).Key(lockKey).Cache().ToStaticTTL(), clientTTL)
 	}
 	return parseInspect(res)
 }

@@ -120,8 +120,9 @@ func renderScript(s *script) *jen.File {
 			exp+"Cache runs "+s.Path+" like "+exp+", but through the client-side",
 			"cache: c.DoCache with EVALSHA_RO, so the server tracks the key for",
 			"this connection and invalidates the cached reply when the key changes",
-			"or expires; clientTTL bounds how long the reply may be served from the",
-			"cache. On NOSCRIPT it retries with EVAL_RO, also cached. Where the",
+			"or expires; clientTTL alone bounds how long the reply may be served",
+			"from the cache (ToStaticTTL: no MULTI/PTTL wrapper, so the cached",
+			"reply's TTL field is as of the read). On NOSCRIPT it retries with EVAL_RO, also cached. Where the",
 			"client cache is disabled or unsupported, rueidis sends the command",
 			"uncached. Results and errors are as for "+exp+".",
 		))
@@ -136,7 +137,10 @@ func renderScript(s *script) *jen.File {
 				if len(argIDs) > 0 {
 					st = st.Dot("Arg").Call(argIDs...)
 				}
-				return st.Dot("Cache").Call()
+				// ToStaticTTL: one CLIENT CACHING + EVALSHA_RO instead of
+				// CLIENT CACHING, MULTI, PTTL, EVALSHA_RO, EXEC; tracking
+				// invalidations, not the key's PTTL, keep the entry fresh.
+				return st.Dot("Cache").Call().Dot("ToStaticTTL").Call()
 			}
 			g.Id("res").Op(":=").Id("c").Dot("DoCache").Call(jen.Id("ctx"),
 				build(jen.Id("c").Dot("B").Call().Dot("EvalshaRo").Call().Dot("Sha1").Call(jen.Id(exp+"SHA1"))),
