@@ -126,12 +126,32 @@ type AcquireResult struct {
 func Acquire(ctx context.Context, c rueidis.Client, lockKey string, fenceKey string, token string, ttl time.Duration) (AcquireResult, error) {
 	keys := [2]string{lockKey, fenceKey}
 	args := [2]string{token, strconv.FormatInt(int64(ttl/time.Millisecond), 10)}
-	return parseAcquire(acquireScript.Exec(ctx, c, keys[:], args[:]))
+	return ParseAcquire(acquireScript.Exec(ctx, c, keys[:], args[:]))
 }
 
-// parseAcquire decodes the reply of scripts/acquire.lua.
-// A nil reply or element becomes an *unexpectedReplyError, never rueidis.Nil.
-func parseAcquire(res rueidis.RedisResult) (r AcquireResult, err error) {
+// AcquireCmd builds the EVALSHA of scripts/acquire.lua with c's command builder,
+// without sending it, for batching the script with other commands in one
+// c.DoMulti (with a blocking command such as WAIT, rueidis sends the whole
+// batch on one dedicated connection). Decode its reply with ParseAcquire;
+// when that is a NOSCRIPT error (rueidis.IsRedisErr, IsNoScript), send
+// AcquireEvalCmd instead. Arguments are encoded as by Acquire; nothing is
+// validated here. A Completed must be sent at most once.
+func AcquireCmd(c rueidis.Client, lockKey string, fenceKey string, token string, ttl time.Duration) rueidis.Completed {
+	return c.B().Evalsha().Sha1(AcquireSHA1).Numkeys(2).Key(lockKey, fenceKey).Arg(token, strconv.FormatInt(int64(ttl/time.Millisecond), 10)).Build()
+}
+
+// AcquireEvalCmd is AcquireCmd with EVAL and the full source, for the
+// retry after NOSCRIPT (it also loads the script into the server's cache).
+func AcquireEvalCmd(c rueidis.Client, lockKey string, fenceKey string, token string, ttl time.Duration) rueidis.Completed {
+	return c.B().Eval().Script(AcquireSource).Numkeys(2).Key(lockKey, fenceKey).Arg(token, strconv.FormatInt(int64(ttl/time.Millisecond), 10)).Build()
+}
+
+// ParseAcquire decodes the reply of scripts/acquire.lua, as Acquire, AcquireCmd or
+// AcquireEvalCmd produced it. A Redis error reply (NOSCRIPT included) comes
+// back unchanged as the error; a nil reply or element becomes an error
+// describing the reply's shape, never rueidis.Nil. On failure the
+// AcquireResult is the zero value.
+func ParseAcquire(res rueidis.RedisResult) (r AcquireResult, err error) {
 	vals, err := res.ToArray()
 	if err != nil {
 		return r, replyErr("acquire", err)

@@ -65,7 +65,24 @@ type InspectResult struct {
 //   - WRONGTYPE when the lock key holds a value that is not a string
 func Inspect(ctx context.Context, c rueidis.Client, lockKey string) (InspectResult, error) {
 	keys := [1]string{lockKey}
-	return parseInspect(inspectScript.Exec(ctx, c, keys[:], nil))
+	return ParseInspect(inspectScript.Exec(ctx, c, keys[:], nil))
+}
+
+// InspectCmd builds the EVALSHA_RO of scripts/inspect.lua with c's command builder,
+// without sending it, for batching the script with other commands in one
+// c.DoMulti (with a blocking command such as WAIT, rueidis sends the whole
+// batch on one dedicated connection). Decode its reply with ParseInspect;
+// when that is a NOSCRIPT error (rueidis.IsRedisErr, IsNoScript), send
+// InspectEvalCmd instead. Arguments are encoded as by Inspect; nothing is
+// validated here. A Completed must be sent at most once.
+func InspectCmd(c rueidis.Client, lockKey string) rueidis.Completed {
+	return c.B().EvalshaRo().Sha1(InspectSHA1).Numkeys(1).Key(lockKey).Build()
+}
+
+// InspectEvalCmd is InspectCmd with EVAL_RO and the full source, for the
+// retry after NOSCRIPT (it also loads the script into the server's cache).
+func InspectEvalCmd(c rueidis.Client, lockKey string) rueidis.Completed {
+	return c.B().EvalRo().Script(InspectSource).Numkeys(1).Key(lockKey).Build()
 }
 
 // InspectCache runs scripts/inspect.lua like Inspect, but through the client-side
@@ -81,12 +98,15 @@ func InspectCache(ctx context.Context, c rueidis.Client, lockKey string, clientT
 	if err, ok := rueidis.IsRedisErr(res.Error()); ok && err.IsNoScript() {
 		res = c.DoCache(ctx, c.B().EvalRo().Script(InspectSource).Numkeys(1).Key(lockKey).Cache().ToStaticTTL(), clientTTL)
 	}
-	return parseInspect(res)
+	return ParseInspect(res)
 }
 
-// parseInspect decodes the reply of scripts/inspect.lua.
-// A nil reply or element becomes an *unexpectedReplyError, never rueidis.Nil.
-func parseInspect(res rueidis.RedisResult) (r InspectResult, err error) {
+// ParseInspect decodes the reply of scripts/inspect.lua, as Inspect, InspectCmd or
+// InspectEvalCmd produced it. A Redis error reply (NOSCRIPT included) comes
+// back unchanged as the error; a nil reply or element becomes an error
+// describing the reply's shape, never rueidis.Nil. On failure the
+// InspectResult is the zero value.
+func ParseInspect(res rueidis.RedisResult) (r InspectResult, err error) {
 	vals, err := res.ToArray()
 	if err != nil {
 		return r, replyErr("inspect", err)

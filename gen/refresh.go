@@ -77,12 +77,32 @@ type RefreshResult struct {
 func Refresh(ctx context.Context, c rueidis.Client, lockKey string, token string, ttl time.Duration) (RefreshResult, error) {
 	keys := [1]string{lockKey}
 	args := [2]string{token, strconv.FormatInt(int64(ttl/time.Millisecond), 10)}
-	return parseRefresh(refreshScript.Exec(ctx, c, keys[:], args[:]))
+	return ParseRefresh(refreshScript.Exec(ctx, c, keys[:], args[:]))
 }
 
-// parseRefresh decodes the reply of scripts/refresh.lua.
-// A nil reply or element becomes an *unexpectedReplyError, never rueidis.Nil.
-func parseRefresh(res rueidis.RedisResult) (r RefreshResult, err error) {
+// RefreshCmd builds the EVALSHA of scripts/refresh.lua with c's command builder,
+// without sending it, for batching the script with other commands in one
+// c.DoMulti (with a blocking command such as WAIT, rueidis sends the whole
+// batch on one dedicated connection). Decode its reply with ParseRefresh;
+// when that is a NOSCRIPT error (rueidis.IsRedisErr, IsNoScript), send
+// RefreshEvalCmd instead. Arguments are encoded as by Refresh; nothing is
+// validated here. A Completed must be sent at most once.
+func RefreshCmd(c rueidis.Client, lockKey string, token string, ttl time.Duration) rueidis.Completed {
+	return c.B().Evalsha().Sha1(RefreshSHA1).Numkeys(1).Key(lockKey).Arg(token, strconv.FormatInt(int64(ttl/time.Millisecond), 10)).Build()
+}
+
+// RefreshEvalCmd is RefreshCmd with EVAL and the full source, for the
+// retry after NOSCRIPT (it also loads the script into the server's cache).
+func RefreshEvalCmd(c rueidis.Client, lockKey string, token string, ttl time.Duration) rueidis.Completed {
+	return c.B().Eval().Script(RefreshSource).Numkeys(1).Key(lockKey).Arg(token, strconv.FormatInt(int64(ttl/time.Millisecond), 10)).Build()
+}
+
+// ParseRefresh decodes the reply of scripts/refresh.lua, as Refresh, RefreshCmd or
+// RefreshEvalCmd produced it. A Redis error reply (NOSCRIPT included) comes
+// back unchanged as the error; a nil reply or element becomes an error
+// describing the reply's shape, never rueidis.Nil. On failure the
+// RefreshResult is the zero value.
+func ParseRefresh(res rueidis.RedisResult) (r RefreshResult, err error) {
 	msg, err := res.ToMessage()
 	if err != nil {
 		return r, replyErr("refresh", err)

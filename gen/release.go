@@ -67,12 +67,32 @@ type ReleaseResult struct {
 func Release(ctx context.Context, c rueidis.Client, lockKey string, token string) (ReleaseResult, error) {
 	keys := [1]string{lockKey}
 	args := [1]string{token}
-	return parseRelease(releaseScript.Exec(ctx, c, keys[:], args[:]))
+	return ParseRelease(releaseScript.Exec(ctx, c, keys[:], args[:]))
 }
 
-// parseRelease decodes the reply of scripts/release.lua.
-// A nil reply or element becomes an *unexpectedReplyError, never rueidis.Nil.
-func parseRelease(res rueidis.RedisResult) (r ReleaseResult, err error) {
+// ReleaseCmd builds the EVALSHA of scripts/release.lua with c's command builder,
+// without sending it, for batching the script with other commands in one
+// c.DoMulti (with a blocking command such as WAIT, rueidis sends the whole
+// batch on one dedicated connection). Decode its reply with ParseRelease;
+// when that is a NOSCRIPT error (rueidis.IsRedisErr, IsNoScript), send
+// ReleaseEvalCmd instead. Arguments are encoded as by Release; nothing is
+// validated here. A Completed must be sent at most once.
+func ReleaseCmd(c rueidis.Client, lockKey string, token string) rueidis.Completed {
+	return c.B().Evalsha().Sha1(ReleaseSHA1).Numkeys(1).Key(lockKey).Arg(token).Build()
+}
+
+// ReleaseEvalCmd is ReleaseCmd with EVAL and the full source, for the
+// retry after NOSCRIPT (it also loads the script into the server's cache).
+func ReleaseEvalCmd(c rueidis.Client, lockKey string, token string) rueidis.Completed {
+	return c.B().Eval().Script(ReleaseSource).Numkeys(1).Key(lockKey).Arg(token).Build()
+}
+
+// ParseRelease decodes the reply of scripts/release.lua, as Release, ReleaseCmd or
+// ReleaseEvalCmd produced it. A Redis error reply (NOSCRIPT included) comes
+// back unchanged as the error; a nil reply or element becomes an error
+// describing the reply's shape, never rueidis.Nil. On failure the
+// ReleaseResult is the zero value.
+func ParseRelease(res rueidis.RedisResult) (r ReleaseResult, err error) {
 	msg, err := res.ToMessage()
 	if err != nil {
 		return r, replyErr("release", err)

@@ -7,6 +7,9 @@
 // elsewhere), a NAMEResult struct and a NAME function that runs it with
 // EVALSHA, falling back to EVAL on NOSCRIPT; read-only one-key scripts
 // also get NAMECache, which goes through rueidis client-side caching.
+// NAMECmd and NAMEEvalCmd build the same call as a rueidis.Completed without
+// sending it, and ParseNAME decodes its reply, for callers that batch the
+// script with other commands on one connection (e.g. followed by WAIT).
 // Redis error replies come back unchanged as *rueidis.RedisError; a nil
 // reply is never returned as rueidis.Nil.
 package gen

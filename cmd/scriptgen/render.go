@@ -107,11 +107,13 @@ func renderScript(s *script) *jen.File {
 	f.Add(comments(doc...))
 	f.Func().Id(exp).Params(params...).Params(jen.Id(result), jen.Error()).BlockFunc(func(g *jen.Group) {
 		keys, args := keysArgs(g, s)
-		g.Return(jen.Id("parse" + exp).Call(
+		g.Return(jen.Id("Parse" + exp).Call(
 			jen.Id(luaVar).Dot("Exec").Call(jen.Id("ctx"), jen.Id("c"), keys, args),
 		))
 	})
 	f.Line()
+
+	renderCmds(f, s, exp)
 
 	// The client-side-cached variant: rueidis caches one-key read-only scripts.
 	if s.ReadOnly && len(s.Keys) == 1 {
@@ -153,15 +155,20 @@ func renderScript(s *script) *jen.File {
 					build(jen.Id("c").Dot("B").Call().Dot("EvalRo").Call().Dot("Script").Call(jen.Id(exp+"Source"))),
 					jen.Id("clientTTL")),
 			)
-			g.Return(jen.Id("parse" + exp).Call(jen.Id("res")))
+			g.Return(jen.Id("Parse" + exp).Call(jen.Id("res")))
 		})
 		f.Line()
 	}
 
 	// The reply parser.
-	f.Comment(fmt.Sprintf("// parse%s decodes the reply of %s.", exp, s.Path))
-	f.Comment("// A nil reply or element becomes an *unexpectedReplyError, never rueidis.Nil.")
-	f.Func().Id("parse"+exp).Params(jen.Id("res").Qual(rueidisPath, "RedisResult")).
+	f.Add(comments(
+		fmt.Sprintf("Parse%s decodes the reply of %s, as %s, %sCmd or", exp, s.Path, exp, exp),
+		exp+"EvalCmd produced it. A Redis error reply (NOSCRIPT included) comes",
+		"back unchanged as the error; a nil reply or element becomes an error",
+		"describing the reply's shape, never rueidis.Nil. On failure the",
+		result+" is the zero value.",
+	))
+	f.Func().Id("Parse"+exp).Params(jen.Id("res").Qual(rueidisPath, "RedisResult")).
 		Params(jen.Id("r").Id(result), jen.Err().Error()).BlockFunc(func(g *jen.Group) {
 		name := jen.Lit(s.Name)
 		if len(s.Reply) == 1 {
@@ -185,6 +192,56 @@ func renderScript(s *script) *jen.File {
 		g.Return(jen.Id("r"), jen.Nil())
 	})
 	return f
+}
+
+// renderCmds renders NAMECmd and NAMEEvalCmd: the script call as a
+// rueidis.Completed, for callers that send it together with other commands
+// (c.DoMulti, a DedicatedClient), e.g. followed by WAIT on the same
+// connection.
+func renderCmds(f *jen.File, s *script, exp string) {
+	params := []jen.Code{jen.Id("c").Qual(rueidisPath, "Client")}
+	params = append(params, paramList(s)...)
+	var keyIDs, argIDs []jen.Code
+	for _, k := range s.Keys {
+		keyIDs = append(keyIDs, jen.Id(goParam(k)))
+	}
+	for _, a := range s.Argv {
+		argIDs = append(argIDs, argValue(a))
+	}
+	build := func(head *jen.Statement) *jen.Statement {
+		st := head.Dot("Numkeys").Call(jen.Lit(len(keyIDs))).Dot("Key").Call(keyIDs...)
+		if len(argIDs) > 0 {
+			st = st.Dot("Arg").Call(argIDs...)
+		}
+		return st.Dot("Build").Call()
+	}
+	sha, eval := "EVALSHA", "EVAL"
+	shaM, evalM := "Evalsha", "Eval"
+	if s.ReadOnly {
+		sha, eval = "EVALSHA_RO", "EVAL_RO"
+		shaM, evalM = "EvalshaRo", "EvalRo"
+	}
+	f.Add(comments(
+		fmt.Sprintf("%sCmd builds the %s of %s with c's command builder,", exp, sha, s.Path),
+		"without sending it, for batching the script with other commands in one",
+		"c.DoMulti (with a blocking command such as WAIT, rueidis sends the whole",
+		"batch on one dedicated connection). Decode its reply with Parse"+exp+";",
+		"when that is a NOSCRIPT error (rueidis.IsRedisErr, IsNoScript), send",
+		exp+"EvalCmd instead. Arguments are encoded as by "+exp+"; nothing is",
+		"validated here. A Completed must be sent at most once.",
+	))
+	f.Func().Id(exp+"Cmd").Params(params...).Qual(rueidisPath, "Completed").Block(
+		jen.Return(build(jen.Id("c").Dot("B").Call().Dot(shaM).Call().Dot("Sha1").Call(jen.Id(exp + "SHA1")))),
+	)
+	f.Line()
+	f.Add(comments(
+		fmt.Sprintf("%sEvalCmd is %sCmd with %s and the full source, for the", exp, exp, eval),
+		"retry after NOSCRIPT (it also loads the script into the server's cache).",
+	))
+	f.Func().Id(exp+"EvalCmd").Params(params...).Qual(rueidisPath, "Completed").Block(
+		jen.Return(build(jen.Id("c").Dot("B").Call().Dot(evalM).Call().Dot("Script").Call(jen.Id(exp + "Source")))),
+	)
+	f.Line()
 }
 
 // elem renders the parsing of reply element i from msg into r.
@@ -330,6 +387,9 @@ func renderIndex(scripts []*script, scriptsDir string) *jen.File {
 	f.PackageComment("// elsewhere), a NAMEResult struct and a NAME function that runs it with")
 	f.PackageComment("// EVALSHA, falling back to EVAL on NOSCRIPT; read-only one-key scripts")
 	f.PackageComment("// also get NAMECache, which goes through rueidis client-side caching.")
+	f.PackageComment("// NAMECmd and NAMEEvalCmd build the same call as a rueidis.Completed without")
+	f.PackageComment("// sending it, and ParseNAME decodes its reply, for callers that batch the")
+	f.PackageComment("// script with other commands on one connection (e.g. followed by WAIT).")
 	f.PackageComment("// Redis error replies come back unchanged as *rueidis.RedisError; a nil")
 	f.PackageComment("// reply is never returned as rueidis.Nil.")
 
