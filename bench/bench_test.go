@@ -20,7 +20,8 @@ import (
 // ns/op is wall time per acquire+release pair (uncontended, 50 goroutines)
 // or per acquisition (contended, 8 waiters, 100µs hold). Extra metrics:
 // p50-ns and p99-ns (pair latency or wait), handoff-p50-ns and
-// handoff-p99-ns, jain, cmds/op (INFO commandstats, calls inside scripts
+// handoff-p99-ns, jain, req/op (requests the clients sent, counted on the
+// client side), srv-calls/op (INFO commandstats, calls inside scripts
 // included), allocs/op and B/op over the measured phase only.
 //
 // It uses the Redis at LOCKBENCH_ADDR (host:port) or REDIS_URL when set,
@@ -64,8 +65,11 @@ func BenchmarkLock(b *testing.B) {
 					b.ReportMetric(float64(res.Handoff.P99), "handoff-p99-ns")
 					b.ReportMetric(res.Jain, "jain")
 				}
-				if res.CmdsPerOp >= 0 {
-					b.ReportMetric(res.CmdsPerOp, "cmds/op")
+				if res.ReqPerOp >= 0 {
+					b.ReportMetric(res.ReqPerOp, "req/op")
+				}
+				if res.SrvCallsPerOp >= 0 {
+					b.ReportMetric(res.SrvCallsPerOp, "srv-calls/op")
 				}
 				b.ReportMetric(res.AllocsPerOp, "allocs/op")
 				b.ReportMetric(res.BytesPerOp, "B/op")

@@ -36,6 +36,10 @@ type Held interface {
 // Config is what a backend constructor gets.
 type Config struct {
 	Target *Target
+	// Requests, when set, counts every request the backend's clients send:
+	// backends build their clients with Config.RueidisOption and
+	// Config.GoRedisOptions, which wrap each connection with it.
+	Requests *RequestCounter
 	// TTL is the lease time the scenarios pass to every acquire. Backends
 	// whose TTL is fixed per client (rueidislock's KeyValidity) use it at
 	// construction.

@@ -9,7 +9,7 @@ func init() {
 			"(client-side caching on, so waiters wake on invalidations; DisableCache only on miniredis)",
 		NeedsRedis: true,
 		New: func(cfg Config) (Backend, error) {
-			opt, err := cfg.Target.RueidisOption()
+			opt, err := cfg.RueidisOption()
 			if err != nil {
 				return nil, err
 			}

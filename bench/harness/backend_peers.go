@@ -56,7 +56,7 @@ type redsyncBackend struct {
 }
 
 func newRedsync(cfg Config) (Backend, error) {
-	opt, err := cfg.Target.GoRedisOptions()
+	opt, err := cfg.GoRedisOptions()
 	if err != nil {
 		return nil, err
 	}
@@ -118,7 +118,7 @@ type redislockBackend struct {
 }
 
 func newRedislock(cfg Config) (Backend, error) {
-	opt, err := cfg.Target.GoRedisOptions()
+	opt, err := cfg.GoRedisOptions()
 	if err != nil {
 		return nil, err
 	}
@@ -164,7 +164,7 @@ func (b *redislockBackend) Close() error { return b.client.Close() }
 type rueidislockBackend struct{ locker rueidislock.Locker }
 
 func newRueidislock(cfg Config) (Backend, error) {
-	opt, err := cfg.Target.RueidisOption()
+	opt, err := cfg.RueidisOption()
 	if err != nil {
 		return nil, err
 	}

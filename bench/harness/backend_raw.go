@@ -33,7 +33,7 @@ var rawRelease = rueidis.NewLuaScript(`if redis.call("GET", KEYS[1]) == ARGV[1] 
 type raw struct{ c rueidis.Client }
 
 func newRaw(cfg Config) (Backend, error) {
-	opt, err := cfg.Target.RueidisOption()
+	opt, err := cfg.RueidisOption()
 	if err != nil {
 		return nil, err
 	}

@@ -20,10 +20,13 @@ type Report struct {
 	GOMAXPROCS int           `json:"gomaxprocs"`
 	GoVersion  string        `json:"go_version"`
 	Duration   time.Duration `json:"duration_ns"`
-	TTL        time.Duration `json:"ttl_ns"`
-	Results    []Result      `json:"results"`
-	Targets    []Check       `json:"targets"`
-	Notes      []string      `json:"notes"`
+	// Rounds is how many times each backend ran each scenario, backends
+	// taking turns (see Median); 0 or 1 means once.
+	Rounds  int           `json:"rounds,omitempty"`
+	TTL     time.Duration `json:"ttl_ns"`
+	Results []Result      `json:"results"`
+	Targets []Check       `json:"targets"`
+	Notes   []string      `json:"notes"`
 }
 
 // NewReport fills a Report's setting from the run.
@@ -111,11 +114,16 @@ func (r *Report) Evaluate() {
 	} else {
 		add("contended hand-off p50 <= 1.5 x round trip", false, false, "lockredis contended not run")
 	}
-	if lc != nil && lc.CmdsPerOp >= 0 {
-		add("contended Redis commands per acquisition <= 3", lc.CmdsPerOp <= 3, true,
-			fmt.Sprintf("%.2f (%s)", lc.CmdsPerOp, fmtBreakdown(lc.CmdsByCmd)))
+	const reqTarget = "contended Redis requests per acquisition <= 3"
+	if lc != nil && lc.ReqPerOp >= 0 {
+		srv := "srv-calls/acq not measured"
+		if lc.SrvCallsPerOp >= 0 {
+			srv = fmt.Sprintf("srv-calls/acq %.2f (%s)", lc.SrvCallsPerOp, fmtBreakdown(lc.SrvCallsByCmd))
+		}
+		add(reqTarget, lc.ReqPerOp <= 3, true,
+			fmt.Sprintf("req/acq %.2f (%s); %s", lc.ReqPerOp, fmtBreakdown(lc.ReqByCmd), srv))
 	} else {
-		add("contended Redis commands per acquisition <= 3", false, false, "not measured")
+		add(reqTarget, false, false, "not measured")
 	}
 	if lc != nil {
 		add("contended Jain's index >= 0.95", lc.Jain >= 0.95, true, fmt.Sprintf("%.3f", lc.Jain))
@@ -181,7 +189,17 @@ func (r *Report) WriteTable(w io.Writer) error {
 	if r.Version != "" {
 		fmt.Fprintf(w, ", redis_version %s", r.Version)
 	}
-	fmt.Fprintf(w, "), %s, GOMAXPROCS %d, %s per backend per scenario, ttl %s\n", r.GoVersion, r.GOMAXPROCS, r.Duration, r.TTL)
+	fmt.Fprintf(w, "), %s, GOMAXPROCS %d, %s per backend per scenario", r.GoVersion, r.GOMAXPROCS, r.Duration)
+	spreadHead, spread := "", func(Result) string { return "" }
+	if r.Rounds > 1 {
+		fmt.Fprintf(w, " per round, %d rounds with backends taking turns (medians shown; req and srv-calls pooled over rounds)", r.Rounds)
+		spreadHead = "min-max\t"
+		spread = func(x Result) string {
+			lo, hi := minMax(x.RoundOpsPerSec)
+			return fmt.Sprintf("%.0f-%.0f\t", lo, hi)
+		}
+	}
+	fmt.Fprintf(w, ", ttl %s\n", r.TTL)
 	fmt.Fprintf(w, "round trip: PING p50 %s (rueidis, one at a time)\n", fmtDur(r.RTT))
 	for _, sc := range Scenarios {
 		var rows []Result
@@ -198,22 +216,22 @@ func (r *Report) WriteTable(w io.Writer) error {
 		switch sc {
 		case Uncontended:
 			fmt.Fprintf(w, "uncontended: %d goroutines, each on its own keys; latency of one Acquire+Release\n", rows[0].Goroutines)
-			fmt.Fprintln(tw, "backend\tpairs/s\tp50\tp90\tp99\tp99.9\tcmds/pair\tallocs/pair\tB/pair\terrors\t")
+			fmt.Fprintf(tw, "backend\tpairs/s\t%sp50\tp90\tp99\tp99.9\treq/pair\tsrv-calls/pair\tallocs/pair\tB/pair\terrors\t\n", spreadHead)
 			for _, x := range rows {
-				fmt.Fprintf(tw, "%s\t%.0f\t%s\t%s\t%s\t%s\t%s\t%.1f\t%.0f\t%d\t\n", x.Backend, x.OpsPerSec,
+				fmt.Fprintf(tw, "%s\t%.0f\t%s%s\t%s\t%s\t%s\t%s\t%s\t%.1f\t%.0f\t%d\t\n", x.Backend, x.OpsPerSec, spread(x),
 					fmtDur(x.Latency.P50), fmtDur(x.Latency.P90), fmtDur(x.Latency.P99), fmtDur(x.Latency.P999),
-					fmtCmds(x.CmdsPerOp), x.AllocsPerOp, x.BytesPerOp, x.Errors)
+					fmtCmds(x.ReqPerOp), fmtCmds(x.SrvCallsPerOp), x.AllocsPerOp, x.BytesPerOp, x.Errors)
 			}
 		case Contended:
 			fmt.Fprintf(w, "contended: %d waiters on one key, hold %s; hand-off = previous Release returned -> next Acquire returned\n", rows[0].Goroutines, rows[0].Hold)
-			fmt.Fprintln(tw, "backend\tacq/s\thandoff p50\thandoff p99\tearly\tjain\tcmds/acq\tallocs/acq\twait p50\twait p99\terrors\t")
+			fmt.Fprintf(tw, "backend\tacq/s\t%shandoff p50\thandoff p99\tearly\tjain\treq/acq\tsrv-calls/acq\tallocs/acq\twait p50\twait p99\terrors\t\n", spreadHead)
 			for _, x := range rows {
 				var hp50, hp99 time.Duration
 				if x.Handoff != nil {
 					hp50, hp99 = x.Handoff.P50, x.Handoff.P99
 				}
-				fmt.Fprintf(tw, "%s\t%.0f\t%s\t%s\t%d\t%.3f\t%s\t%.1f\t%s\t%s\t%d\t\n", x.Backend, x.OpsPerSec,
-					fmtDur(hp50), fmtDur(hp99), x.Early, x.Jain, fmtCmds(x.CmdsPerOp), x.AllocsPerOp,
+				fmt.Fprintf(tw, "%s\t%.0f\t%s%s\t%s\t%d\t%.3f\t%s\t%s\t%.1f\t%s\t%s\t%d\t\n", x.Backend, x.OpsPerSec, spread(x),
+					fmtDur(hp50), fmtDur(hp99), x.Early, x.Jain, fmtCmds(x.ReqPerOp), fmtCmds(x.SrvCallsPerOp), x.AllocsPerOp,
 					fmtDur(x.Latency.P50), fmtDur(x.Latency.P99), x.Errors)
 			}
 		}

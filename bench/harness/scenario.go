@@ -87,8 +87,11 @@ type Result struct {
 	// (contended) completed in the measured phase.
 	Ops       uint64  `json:"ops"`
 	OpsPerSec float64 `json:"ops_per_sec"`
-	Errors    uint64  `json:"errors"`
-	FirstErr  string  `json:"first_error,omitempty"`
+	// RoundOpsPerSec is each round's OpsPerSec when the result is the
+	// Median of several rounds.
+	RoundOpsPerSec []float64 `json:"rounds_ops_per_sec,omitempty"`
+	Errors         uint64    `json:"errors"`
+	FirstErr       string    `json:"first_error,omitempty"`
 	// Latency is the time of one Acquire+Release pair (uncontended) or of
 	// one Acquire, waiting included (contended).
 	Latency Percentiles `json:"latency"`
@@ -103,12 +106,19 @@ type Result struct {
 	// acquisition counts.
 	Jain   float64  `json:"jain,omitempty"`
 	Counts []uint64 `json:"per_goroutine,omitempty"`
-	// CmdsPerOp is Redis commands per pair or acquisition from INFO
-	// commandstats deltas; it includes calls made inside Lua scripts
-	// (Redis counts those too) and leaves out the harness's INFO calls.
+	// ReqPerOp is requests per pair or acquisition: the commands the
+	// backend's clients sent to Redis over the measured phase, counted on
+	// the client side by parsing what they wrote (RequestCounter); a script
+	// invocation is one request. ReqByCmd splits it by command name. -1
+	// when a connection wrote something that is not a RESP request.
+	ReqPerOp float64            `json:"req_per_op"`
+	ReqByCmd map[string]float64 `json:"req_by_command,omitempty"`
+	// SrvCallsPerOp is server-side command calls per pair or acquisition
+	// from INFO commandstats deltas: it also counts the commands Lua
+	// scripts run inside Redis, and leaves out the harness's INFO calls.
 	// -1 when the server reports no counters.
-	CmdsPerOp float64            `json:"cmds_per_op"`
-	CmdsByCmd map[string]float64 `json:"cmds_by_command,omitempty"`
+	SrvCallsPerOp float64            `json:"srv_calls_per_op"`
+	SrvCallsByCmd map[string]float64 `json:"srv_calls_by_command,omitempty"`
 	// AllocsPerOp and BytesPerOp are runtime.MemStats Mallocs and
 	// TotalAlloc deltas over the measured phase divided by Ops: everything
 	// the process allocated, the backend's background goroutines included.
@@ -132,11 +142,12 @@ func Run(ctx context.Context, b BackendInfo, scenario string, o Options) (Result
 	if n <= 0 {
 		return Result{}, fmt.Errorf("%s: need at least one goroutine", scenario)
 	}
-	res := Result{Backend: b.Name, Scenario: scenario, Goroutines: n, CmdsPerOp: -1}
+	res := Result{Backend: b.Name, Scenario: scenario, Goroutines: n, ReqPerOp: -1, SrvCallsPerOp: -1}
 	if scenario == Contended {
 		res.Hold = o.Hold
 	}
-	be, err := b.New(Config{Target: o.Target, TTL: o.TTL})
+	reqs := NewRequestCounter()
+	be, err := b.New(Config{Target: o.Target, TTL: o.TTL, Requests: reqs})
 	if err != nil {
 		return res, fmt.Errorf("%s: set up: %w", b.Name, err)
 	}
@@ -164,6 +175,8 @@ func Run(ctx context.Context, b BackendInfo, scenario string, o Options) (Result
 		statsOK = err == nil
 	}
 
+	reqBefore := reqs.Snapshot()
+
 	p := &phase{be: be, o: o, n: n, keyPrefix: prefix, duration: o.Duration, limit: o.Ops}
 	runtime.GC()
 	var m0, m1 runtime.MemStats
@@ -176,6 +189,7 @@ func Run(ctx context.Context, b BackendInfo, scenario string, o Options) (Result
 		o.Measure(false)
 	}
 	runtime.ReadMemStats(&m1)
+	req := reqs.Snapshot().Sub(reqBefore)
 	var stats CommandStats
 	if statsOK {
 		after, err := admin.snapshot()
@@ -217,18 +231,27 @@ func Run(ctx context.Context, b BackendInfo, scenario string, o Options) (Result
 	if res.Elapsed > 0 {
 		res.OpsPerSec = float64(res.Ops) / res.Elapsed.Seconds()
 	}
+	if req.Bad == 0 {
+		res.ReqPerOp = float64(req.Total) / float64(res.Ops)
+		res.ReqByCmd = perOp(req.ByCmd, res.Ops)
+	}
 	if statsOK {
-		res.CmdsPerOp = float64(stats.Total) / float64(res.Ops)
+		res.SrvCallsPerOp = float64(stats.Total) / float64(res.Ops)
 		if stats.Calls != nil {
-			res.CmdsByCmd = map[string]float64{}
-			for name, c := range stats.Calls {
-				res.CmdsByCmd[name] = float64(c) / float64(res.Ops)
-			}
+			res.SrvCallsByCmd = perOp(stats.Calls, res.Ops)
 		}
 	}
 	res.AllocsPerOp = float64(m1.Mallocs-m0.Mallocs) / float64(res.Ops)
 	res.BytesPerOp = float64(m1.TotalAlloc-m0.TotalAlloc) / float64(res.Ops)
 	return res, nil
+}
+
+func perOp(counts map[string]uint64, ops uint64) map[string]float64 {
+	out := map[string]float64{}
+	for name, c := range counts {
+		out[name] = float64(c) / float64(ops)
+	}
+	return out
 }
 
 // worker is one goroutine's private tallies; padded so neighbours do not

@@ -15,9 +15,12 @@
 // goroutines, each on its own keys: pairs/s and the latency of one
 // Acquire+Release) and "contended" (-waiters goroutines on one key, holding
 // it for -hold: acquisitions/s, the hand-off gap from a Release returning to
-// the next Acquire returning, Jain's fairness index, Redis commands per
-// acquisition from INFO commandstats). Both report allocations per
-// operation. The output is an aligned table, or JSON with -json; -plot
+// the next Acquire returning, Jain's fairness index). Both report Redis
+// requests per operation (req: commands the clients sent, counted on the
+// client side, a script invocation once), server-side command calls per
+// operation (srv-calls: INFO commandstats, commands run inside scripts
+// included) and allocations per operation. -rounds N runs every backend N
+// times per scenario, backends taking turns, and reports the medians. The output is an aligned table, or JSON with -json; -plot
 // out.png draws the latency percentiles.
 package main
 
@@ -57,6 +60,7 @@ type config struct {
 	json       bool
 	plot       string
 	rttSamples int
+	rounds     int
 	progress   bool
 }
 
@@ -75,6 +79,7 @@ func parse(args []string, stderr io.Writer) (*config, error) {
 	back := fs.String("backends", strings.Join(harness.Backends(), ","), "comma-separated backends")
 	fs.BoolVar(&c.json, "json", false, "write JSON instead of the table")
 	fs.StringVar(&c.plot, "plot", "", "also draw latency percentiles per backend into this PNG file")
+	fs.IntVar(&c.rounds, "rounds", 1, "run each scenario this many rounds, backends taking turns in a rotating order; report medians")
 	fs.IntVar(&c.rttSamples, "rtt-samples", 2000, "PINGs for the round-trip measurement")
 	fs.BoolVar(&c.progress, "progress", true, "show a progress line on stderr")
 	if err := fs.Parse(args); err != nil {
@@ -94,6 +99,9 @@ func parse(args []string, stderr io.Writer) (*config, error) {
 	}
 	if c.opts.Goroutines <= 0 || c.opts.Waiters <= 0 {
 		return nil, fmt.Errorf("-goroutines and -waiters must be positive")
+	}
+	if c.rounds <= 0 {
+		return nil, fmt.Errorf("-rounds must be positive")
 	}
 	if c.opts.Hold < 0 {
 		return nil, fmt.Errorf("-hold must not be negative")
@@ -148,20 +156,34 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("round trip: %w", err)
 	}
 	rep := harness.NewReport(target, rtt, c.opts)
-	prog := newProgress(stderr, c.progress, len(c.scenarios)*len(c.backends), c.opts.Warmup+c.opts.Duration)
+	rep.Rounds = c.rounds
+	prog := newProgress(stderr, c.progress, len(c.scenarios)*len(c.backends)*c.rounds, c.opts.Warmup+c.opts.Duration)
 	for _, sc := range c.scenarios {
-		for _, name := range c.backends {
-			b, _ := harness.Lookup(name)
-			prog.begin(sc, name)
-			res, err := harness.Run(ctx, b, sc, c.opts)
-			prog.end()
-			if ctx.Err() != nil {
-				return ctx.Err()
+		byBackend := make([][]harness.Result, len(c.backends))
+		for round := 0; round < c.rounds; round++ {
+			// Backends take turns, each round starting one later, so
+			// that none always runs first or last on a noisy machine.
+			for k := range c.backends {
+				i := (k + round) % len(c.backends)
+				b, _ := harness.Lookup(c.backends[i])
+				label := c.backends[i]
+				if c.rounds > 1 {
+					label = fmt.Sprintf("%s (round %d/%d)", label, round+1, c.rounds)
+				}
+				prog.begin(sc, label)
+				res, err := harness.Run(ctx, b, sc, c.opts)
+				prog.end()
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				if err != nil {
+					return err
+				}
+				byBackend[i] = append(byBackend[i], res)
 			}
-			if err != nil {
-				return err
-			}
-			rep.Results = append(rep.Results, res)
+		}
+		for _, rounds := range byBackend {
+			rep.Results = append(rep.Results, harness.Median(rounds))
 		}
 	}
 	prog.done()

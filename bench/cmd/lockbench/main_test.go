@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -43,8 +44,12 @@ func checkReport(t *testing.T, rep *harness.Report, wantCmds bool) {
 			if r.AllocsPerOp <= 0 {
 				t.Errorf("%s %s: allocs/op %v, want > 0", sc, b, r.AllocsPerOp)
 			}
-			if wantCmds && b != "lockmem" && r.CmdsPerOp < 1 {
-				t.Errorf("%s %s: cmds/op %v, want >= 1 (every acquisition talks to Redis)", sc, b, r.CmdsPerOp)
+			if b != "lockmem" && r.ReqPerOp < 1 {
+				t.Errorf("%s %s: req/op %v, want >= 1 (every acquisition talks to Redis)", sc, b, r.ReqPerOp)
+			}
+			if wantCmds && b != "lockmem" && r.SrvCallsPerOp < r.ReqPerOp {
+				t.Errorf("%s %s: srv-calls/op %v below req/op %v: every request is a server call",
+					sc, b, r.SrvCallsPerOp, r.ReqPerOp)
 			}
 			if sc == harness.Contended {
 				if r.Handoff == nil || r.Handoff.N == 0 {
@@ -134,7 +139,10 @@ func TestRun_tableListsEveryBackendPerScenario(t *testing.T) {
 func TestRun_fallsBackToMiniredisWithWarning(t *testing.T) {
 	t.Setenv("PATH", t.TempDir()) // no redis-server
 	t.Setenv("REDIS_URL", "")
-	rep, stderr := runJSON(t, "-duration", "100ms", "-warmup", "20ms", "-rtt-samples", "50")
+	// miniredis serves one command at a time and runs Lua slowly (more so
+	// under -race): few goroutines, so that pairs complete in the window.
+	rep, stderr := runJSON(t, "-duration", "300ms", "-warmup", "50ms", "-rtt-samples", "50",
+		"-goroutines", "4", "-waiters", "4")
 	if !strings.Contains(stderr, harness.MiniredisWarning) {
 		t.Errorf("stderr lacks the miniredis warning:\n%s", stderr)
 	}
@@ -151,6 +159,7 @@ func TestParse_rejectsUnknownNamesAndBadValues(t *testing.T) {
 		{"-duration", "0s"},
 		{"-goroutines", "0"},
 		{"-hold", "-1ms"},
+		{"-rounds", "0"},
 		{"-backends", ","},
 		{"extra"},
 	} {
@@ -164,5 +173,24 @@ func TestParse_rejectsUnknownNamesAndBadValues(t *testing.T) {
 	}
 	if strings.Join(c.backends, ",") != "raw,lockredis" || strings.Join(c.scenarios, ",") != "contended" {
 		t.Errorf("parsed backends %q scenarios %q", c.backends, c.scenarios)
+	}
+}
+
+func TestRun_roundsTakeTurnsAndReportMedians(t *testing.T) {
+	srv := redistest.Start(t)
+	rep, _ := runJSON(t, "-addr", srv.Addr, "-duration", "100ms", "-warmup", "20ms", "-rtt-samples", "50",
+		"-rounds", "3", "-backends", "raw,lockmem", "-scenarios", "uncontended")
+	if rep.Rounds != 3 || len(rep.Results) != 2 {
+		t.Fatalf("rounds %d, %d results; want 3 rounds merged into one row per backend", rep.Rounds, len(rep.Results))
+	}
+	for _, r := range rep.Results {
+		if len(r.RoundOpsPerSec) != 3 {
+			t.Errorf("%s: %d round rates, want 3", r.Backend, len(r.RoundOpsPerSec))
+			continue
+		}
+		lo, hi := slices.Min(r.RoundOpsPerSec), slices.Max(r.RoundOpsPerSec)
+		if r.OpsPerSec < lo || r.OpsPerSec > hi || lo <= 0 {
+			t.Errorf("%s: median %v outside the rounds %v", r.Backend, r.OpsPerSec, r.RoundOpsPerSec)
+		}
 	}
 }
