@@ -67,6 +67,11 @@ func (l *Lease) Fence() uint64 {
 // nothing; a watch started by Lost then reports the loss. Bad ttl returns
 // an error wrapping lock.ErrInvalidTTL before any I/O; a closed Manager
 // lock.ErrClosed; other backend failures leave the lease as it was.
+//
+// With Options.WaitReplicas set, a refresh that the primary applied but
+// fewer replicas acknowledged returns an error wrapping ErrNotReplicated;
+// the lease stays held and extended on the primary (a failover to a replica
+// that missed it would bring back the earlier expiry).
 func (l *Lease) Refresh(ctx context.Context, ttl time.Duration) error {
 	if l == nil {
 		return fmt.Errorf("%w: nil lease", lock.ErrNotHeld)
@@ -82,8 +87,14 @@ func (l *Lease) Refresh(ctx context.Context, ttl time.Duration) error {
 		return lock.ErrClosed
 	}
 	start := time.Now()
-	res, err := gen.Refresh(ctx, m.client, l.lockKey, string(l.token), ttl)
-	if err != nil {
+	var res gen.RefreshResult
+	var err error
+	if m.waitN > 0 {
+		res, err = m.refreshReplicated(ctx, l, ttl)
+	} else {
+		res, err = gen.Refresh(ctx, m.client, l.lockKey, string(l.token), ttl)
+	}
+	if err != nil && !res.Refreshed {
 		return fmt.Errorf("lockredis: refresh %q: %w", l.key, m.mapErr(err))
 	}
 	if !res.Refreshed {
@@ -99,6 +110,10 @@ func (l *Lease) Refresh(ctx context.Context, ttl time.Duration) error {
 		ks.holderUntil = start.Add(ttl)
 	}
 	s.mu.Unlock()
+	if err != nil {
+		// Extended on the primary, not acknowledged by enough replicas.
+		return fmt.Errorf("lockredis: refresh %q: %w", l.key, m.mapErr(err))
+	}
 	return nil
 }
 

@@ -35,6 +35,16 @@
 // Under contention inside one process an acquisition costs two Redis
 // commands (acquire and release); a waiter that loses to another process
 // spends one failed acquire and, at most, one cached inspect more.
+//
+// # Replication and failover
+//
+// Redis replicates asynchronously: a replica promoted after its primary
+// failed may lack the latest locks and fence increments, so a second
+// holder may be admitted and fences may repeat. Options.WaitReplicas sends
+// WAIT with each acquisition and refresh and fails them with
+// ErrNotReplicated when too few replicas acknowledged; this narrows the
+// window but, as the Redis documentation of WAIT says, does not make Redis
+// strongly consistent (see Options.WaitReplicas).
 package lockredis
 
 import (
@@ -112,6 +122,50 @@ type Options struct {
 	// Without it a Manager from NewWithClient polls as if DisableCache
 	// were set.
 	InvalidationsForwarded bool
+
+	// WaitReplicas, when positive, makes every acquisition (TryAcquire, and
+	// each winning attempt of Acquire) and every Refresh wait until at
+	// least this many replicas of the primary holding the key acknowledged
+	// the write: the script and WAIT WaitReplicas WaitTimeout are sent
+	// together in one batch, which rueidis runs on one dedicated
+	// connection (WAIT is a blocking command), so WAIT covers the script's
+	// write. Zero (the default) sends no WAIT; negative is invalid.
+	//
+	// An acquisition that fewer replicas acknowledged within WaitTimeout is
+	// undone (the lock is deleted if it still holds the new token, best
+	// effort, bounded by CleanupTimeout, else it ends at its TTL) and
+	// returns an error wrapping ErrNotReplicated with the counts; Acquire
+	// stops waiting then. Such a Refresh returns the error too but leaves
+	// the lease extended on the primary: the caller may retry, carry on, or
+	// Release.
+	//
+	// What it buys: a lock (and its fence) that a replica acknowledged is
+	// on that replica when the call returns, so a failover that promotes
+	// that replica keeps the lock and the fence sequence. What it does not:
+	// the Redis documentation of WAIT says that it "does not make Redis a
+	// strongly consistent store"; Sentinel and Cluster promote the best
+	// replica they can reach, best effort, so a failover may still promote
+	// one that did not acknowledge, and the lock and the last fence are
+	// then lost (fences given out later may repeat). A replica
+	// acknowledges having received the write, not having persisted it.
+	//
+	// The cost: each acquisition and refresh waits for the replicas (one
+	// replication round trip on top of the script's) and takes a
+	// connection from rueidis's blocking pool (ClientOption.BlockingPoolSize)
+	// for that time. A failed attempt on a held key also carries the WAIT;
+	// it returns at once while enough replicas are connected and have
+	// acknowledged this connection's earlier writes, else after
+	// WaitTimeout (so does the EVALSHA that met NOSCRIPT before the EVAL
+	// retry). The Redis user needs the WAIT command (ACL +wait).
+	// On Redis Cluster WAIT goes to the node that ran the script; a MOVED
+	// redirect of the script during a slot migration is not covered.
+	WaitReplicas int
+
+	// WaitTimeout bounds how long WAIT waits for the replicas, rounded up
+	// to whole milliseconds. Zero means DefaultWaitTimeout; negative is
+	// invalid. Ignored when WaitReplicas is zero. The caller's context
+	// still bounds the whole call.
+	WaitTimeout time.Duration
 }
 
 // Manager is a lock.Manager on Redis. It is safe for concurrent use; it must
@@ -125,6 +179,8 @@ type Manager struct {
 	minBO     time.Duration
 	maxBO     time.Duration
 	cleanup   time.Duration
+	waitN     int64 // Options.WaitReplicas
+	waitMS    int64 // Options.WaitTimeout in whole milliseconds
 
 	seed   maphash.Seed
 	shards [numShards]shard
@@ -211,8 +267,16 @@ func newManager(opts Options) (*Manager, error) {
 	if opts.CleanupTimeout == 0 {
 		opts.CleanupTimeout = DefaultCleanupTimeout
 	}
+	if opts.WaitReplicas < 0 || opts.WaitTimeout < 0 {
+		return nil, fmt.Errorf("%w: want WaitReplicas (%d) and WaitTimeout (%v) >= 0", lock.ErrInvalidOptions, opts.WaitReplicas, opts.WaitTimeout)
+	}
+	if opts.WaitTimeout == 0 {
+		opts.WaitTimeout = DefaultWaitTimeout
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &Manager{
+		waitN:   int64(opts.WaitReplicas),
+		waitMS:  int64((opts.WaitTimeout + time.Millisecond - 1) / time.Millisecond),
 		prefix:  opts.Prefix,
 		minBO:   opts.MinBackoff,
 		maxBO:   opts.MaxBackoff,
@@ -355,7 +419,9 @@ func (m *Manager) newLease(key string, ttl time.Duration) (*Lease, error) {
 // or nil Manager returns lock.ErrClosed. On backend failure it returns the
 // error; if ctx ended while the request was in flight, the lock it may have
 // taken is released (bounded by Options.CleanupTimeout), otherwise such a
-// lock ends at its TTL.
+// lock ends at its TTL. With Options.WaitReplicas set, a win that too few
+// replicas acknowledged is undone and returns an error wrapping
+// ErrNotReplicated (see Options.WaitReplicas).
 func (m *Manager) TryAcquire(ctx context.Context, key string, ttl time.Duration) (lock.Lease, bool, error) {
 	l, err := m.newLease(key, ttl)
 	if err != nil {
@@ -382,7 +448,8 @@ func (m *Manager) TryAcquire(ctx context.Context, key string, ttl time.Duration)
 // nothing (a lock won by a request in flight at that moment is released,
 // bounded by Options.CleanupTimeout). When the Manager is closed while
 // waiting it returns lock.ErrClosed. Bad input and backend failures are
-// returned as by TryAcquire; a backend failure ends the wait.
+// returned as by TryAcquire; a backend failure ends the wait, and so does
+// ErrNotReplicated (Options.WaitReplicas).
 func (m *Manager) Acquire(ctx context.Context, key string, ttl time.Duration) (lock.Lease, error) {
 	l, err := m.newLease(key, ttl)
 	if err != nil {
@@ -442,7 +509,13 @@ func (m *Manager) Acquire(ctx context.Context, key string, ttl time.Duration) (l
 // was in flight it releases whatever the request may have taken before
 // returning the error.
 func (m *Manager) attempt(ctx context.Context, l *Lease, ttl time.Duration) (gen.AcquireResult, error) {
-	res, err := gen.Acquire(ctx, m.client, l.lockKey, l.fenceKey, string(l.token), ttl)
+	var res gen.AcquireResult
+	var err error
+	if m.waitN > 0 {
+		res, err = m.acquireReplicated(ctx, l, ttl)
+	} else {
+		res, err = gen.Acquire(ctx, m.client, l.lockKey, l.fenceKey, string(l.token), ttl)
+	}
 	if err == nil {
 		return res, nil
 	}
