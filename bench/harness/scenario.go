@@ -152,7 +152,10 @@ func Run(ctx context.Context, b BackendInfo, scenario string, o Options) (Result
 		return res, fmt.Errorf("%s: set up: %w", b.Name, err)
 	}
 	defer be.Close()
-	prefix := o.KeyPrefix + ":" + b.Name + ":" + scenario[:1]
+	// Every Run gets keys of its own: a lease left behind by an acquire cut
+	// off at the end of an earlier phase (some backends cannot undo one)
+	// must not make a later round wait out its TTL.
+	prefix := o.KeyPrefix + ":" + b.Name + ":" + scenario[:1] + ":" + strconv.FormatUint(runSeq.Add(1), 10)
 
 	if o.Warmup > 0 {
 		p := &phase{be: be, o: o, n: n, keyPrefix: prefix + ":warm", duration: o.Warmup}
@@ -294,6 +297,9 @@ type phase struct {
 	workers  []worker
 	elapsed  time.Duration
 }
+
+// runSeq numbers the Runs of this process, to keep their keys apart.
+var runSeq atomic.Uint64
 
 func (p *phase) fail(err error) {
 	p.errs.Add(1)

@@ -69,7 +69,7 @@ func parse(args []string, stderr io.Writer) (*config, error) {
 	fs.SetOutput(stderr)
 	c := &config{}
 	fs.StringVar(&c.addr, "addr", "", "Redis host:port (default: REDIS_URL, else a redis-server started from PATH, else miniredis)")
-	fs.DurationVar(&c.opts.Duration, "duration", 2*time.Second, "measured time per backend per scenario")
+	fs.DurationVar(&c.opts.Duration, "duration", time.Second, "measured time per backend per scenario and round")
 	fs.DurationVar(&c.opts.Warmup, "warmup", 0, "unmeasured warm-up per backend per scenario (default duration/10, at most 300ms)")
 	fs.IntVar(&c.opts.Goroutines, "goroutines", 50, "uncontended: goroutines, each on its own keys")
 	fs.IntVar(&c.opts.Waiters, "waiters", 8, "contended: goroutines waiting on one key")
@@ -79,7 +79,7 @@ func parse(args []string, stderr io.Writer) (*config, error) {
 	back := fs.String("backends", strings.Join(harness.Backends(), ","), "comma-separated backends")
 	fs.BoolVar(&c.json, "json", false, "write JSON instead of the table")
 	fs.StringVar(&c.plot, "plot", "", "also draw latency percentiles per backend into this PNG file")
-	fs.IntVar(&c.rounds, "rounds", 1, "run each scenario this many rounds, backends taking turns in a rotating order; report medians")
+	fs.IntVar(&c.rounds, "rounds", 3, "run each scenario this many rounds, backends taking turns in a rotating order; report medians")
 	fs.IntVar(&c.rttSamples, "rtt-samples", 2000, "PINGs for the round-trip measurement")
 	fs.BoolVar(&c.progress, "progress", true, "show a progress line on stderr")
 	if err := fs.Parse(args); err != nil {
