@@ -9,6 +9,7 @@ import (
 
 	"github.com/klauthed/lock"
 	"github.com/klauthed/lock/gen"
+	"github.com/redis/rueidis"
 )
 
 // Lease is one acquisition of a key on a Manager, returned as lock.Lease by
@@ -118,8 +119,9 @@ func (l *Lease) Refresh(ctx context.Context, ttl time.Duration) error {
 }
 
 // Release gives the key up if this lease still holds it (compare-and-delete
-// on the token) and hands the turn to the next waiter of the same Manager at
-// once. It stops a watch started by Lost without reporting a loss.
+// on the token) and hands the key to the next waiter of the same Manager:
+// that waiter's acquire is sent right behind the release, in the same round
+// trip (not with Options.WaitReplicas, where the waiter is woken to try). It stops a watch started by Lost without reporting a loss.
 //
 // It is idempotent: once a Release got Redis's reply, later calls return
 // nil without I/O, and releasing a lease that expired or was taken returns
@@ -134,7 +136,34 @@ func (l *Lease) Release(ctx context.Context) error {
 	if m.closed.Load() {
 		return lock.ErrClosed
 	}
-	_, err := gen.Release(ctx, m.client, l.lockKey, string(l.token))
+	var next *waiter
+	var e0 uint64
+	if m.waitN == 0 {
+		next, e0 = m.takeForHandoff(l)
+	}
+	var err error
+	if next == nil {
+		_, err = gen.Release(ctx, m.client, l.lockKey, string(l.token))
+	} else {
+		// Hand-off: the next waiter's acquire follows the release on the
+		// same connection, in the same round trip, so the waiter holds the
+		// key as soon as this call returns (unless another process's
+		// request got in between, in which case the waiter waits on).
+		c := m.client
+		res := c.DoMulti(ctx,
+			gen.ReleaseCmd(c, l.lockKey, string(l.token)),
+			gen.AcquireCmd(c, next.l.lockKey, next.l.fenceKey, string(next.l.token), next.ttl))
+		_, err = gen.ParseRelease(res[0])
+		acq, aerr := gen.ParseAcquire(res[1])
+		if rerr, ok := rueidis.IsRedisErr(err); ok && rerr.IsNoScript() {
+			// The release script was not loaded, so the acquire behind it
+			// met the old holder: release with the EVAL fallback and let
+			// the waiter try on its own.
+			_, err = gen.Release(ctx, c, l.lockKey, string(l.token))
+			aerr = rerr
+		}
+		next.pre = &handoffResult{res: acq, err: aerr, e0: e0}
+	}
 	if err == nil {
 		l.released.Store(true)
 		if w := l.watch.Load(); w != nil {
@@ -143,6 +172,9 @@ func (l *Lease) Release(ctx context.Context) error {
 	}
 	// Even after a failure the key may be free now: let the next waiter look.
 	m.keyEvent(l.lockKey, l, true)
+	if next != nil {
+		next.wake <- struct{}{}
+	}
 	if err != nil {
 		return fmt.Errorf("lockredis: release %q: %w", l.key, m.mapErr(err))
 	}

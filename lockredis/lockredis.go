@@ -467,7 +467,7 @@ func (m *Manager) Acquire(ctx context.Context, key string, ttl time.Duration) (l
 	queued := ks != nil && (len(ks.q) > 0 || ks.active > 0)
 	var w *waiter
 	if queued {
-		w = newWaiter()
+		w = newWaiter(l, ttl)
 		ks.q = append(ks.q, w)
 	}
 	s.mu.Unlock()
@@ -481,7 +481,7 @@ func (m *Manager) Acquire(ctx context.Context, key string, ttl time.Duration) (l
 			m.noteHolder(l, ttl)
 			return l, nil
 		}
-		w = newWaiter()
+		w = newWaiter(l, ttl)
 		s.mu.Lock()
 		ks = s.state(l.lockKey)
 		var e0 uint64

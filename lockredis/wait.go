@@ -42,9 +42,27 @@ type keyState struct {
 
 type waiter struct {
 	wake chan struct{} // cap 1: a wake is never lost nor blocks the waker
+	l    *Lease        // the lease this waiter's Acquire will return
+	ttl  time.Duration
+
+	// handoff is set, under the shard mutex, when a releasing lease of this
+	// Manager took the waiter from the queue to run its acquire in the same
+	// round trip as the release; pre is that acquire's outcome, written
+	// before the wake is sent.
+	handoff bool
+	pre     *handoffResult
 }
 
-func newWaiter() *waiter { return &waiter{wake: make(chan struct{}, 1)} }
+// handoffResult is the outcome of an acquire a releaser ran for a waiter.
+type handoffResult struct {
+	res gen.AcquireResult
+	err error
+	e0  uint64 // the key's event count when the releaser took the waiter
+}
+
+func newWaiter(l *Lease, ttl time.Duration) *waiter {
+	return &waiter{wake: make(chan struct{}, 1), l: l, ttl: ttl}
+}
 
 func (m *Manager) shard(lockKey string) *shard {
 	return &m.shards[maphash.String(m.seed, lockKey)%numShards]
@@ -83,6 +101,7 @@ func (ks *keyState) wakeHead() {
 }
 
 func (ks *keyState) pushFront(w *waiter) {
+	w.handoff = false
 	ks.q = append(ks.q, nil)
 	copy(ks.q[1:], ks.q)
 	ks.q[0] = w
@@ -174,13 +193,28 @@ func (m *Manager) wait(ctx context.Context, l *Lease, ttl time.Duration, w *wait
 			select {
 			case <-w.wake:
 			case <-ctx.Done():
-				m.abandon(s, l.lockKey, w)
+				m.abandon(ctx, s, w)
 				return nil, notAcquired(l.key, ctx.Err())
 			case <-m.done:
-				m.abandon(s, l.lockKey, w)
+				m.abandon(ctx, s, w)
 				return nil, lock.ErrClosed
 			}
 			queued, failed = false, false
+			if p := w.pre; p != nil {
+				// A releaser of this Manager ran our acquire right after
+				// its release, in the same round trip.
+				w.pre = nil
+				if p.err == nil {
+					if p.res.Acquired {
+						l.fence = p.res.Fence
+						m.won(s, l, ttl)
+						return l, nil
+					}
+					holderTTL, e0, failed = p.res.TTL, p.e0, true
+				}
+				// On error, try ourselves: a retried acquire with the same
+				// token is idempotent if the first one did reach Redis.
+			}
 		}
 		// Active: this waiter is the one of this Manager that talks to
 		// Redis about the key.
@@ -292,18 +326,48 @@ func (m *Manager) leave(s *shard, lockKey string) {
 }
 
 // abandon is for a queued waiter that gives up. If it was woken meanwhile,
-// the wake passes to the next waiter, so that none is lost.
-func (m *Manager) abandon(s *shard, lockKey string, w *waiter) {
+// the wake passes to the next waiter, so that none is lost. If a releaser
+// took it for a hand-off, abandon waits for that round trip to end and
+// releases what it may have won for the waiter (bounded by CleanupTimeout).
+func (m *Manager) abandon(ctx context.Context, s *shard, w *waiter) {
+	lockKey := w.l.lockKey
 	s.mu.Lock()
 	ks := s.keys[lockKey]
-	if !ks.remove(w) {
-		select {
-		case <-w.wake:
-		default:
-		}
-		ks.active--
-		ks.wakeHead()
+	if ks.remove(w) {
+		s.maybeDelete(lockKey, ks)
+		s.mu.Unlock()
+		return
 	}
+	handoff := w.handoff
+	s.mu.Unlock()
+	// Taken by wakeHead (its wake is already buffered: it sends under the
+	// mutex) or by a releaser (it sends once its round trip is over).
+	<-w.wake
+	if p := w.pre; handoff && p != nil && (p.err != nil || p.res.Acquired) {
+		w.pre = nil
+		m.cleanupAcquire(ctx, w.l, w.ttl)
+	}
+	s.mu.Lock()
+	ks.active--
+	ks.wakeHead()
 	s.maybeDelete(lockKey, ks)
 	s.mu.Unlock()
+}
+
+// takeForHandoff takes the front waiter of l's key for a hand-off, if one
+// is queued and none is awake, making it the key's active waiter.
+func (m *Manager) takeForHandoff(l *Lease) (*waiter, uint64) {
+	s := m.shard(l.lockKey)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ks := s.keys[l.lockKey]
+	if ks == nil || ks.active > 0 || len(ks.q) == 0 {
+		return nil, 0
+	}
+	w := ks.q[0]
+	ks.q[0] = nil
+	ks.q = ks.q[1:]
+	ks.active++
+	w.handoff = true
+	return w, ks.events
 }
