@@ -91,6 +91,16 @@ type Watcher interface {
 	Lost() <-chan struct{}
 }
 
+// Stamped is implemented by leases that know when the request that won them
+// left this process. The backend's TTL runs from no earlier than that moment,
+// so Sent()+ttl is a safe local bound for the end of the lease until it is
+// refreshed; Run uses it when present, and otherwise the moment Acquire
+// returned, which is later by up to one reply's latency.
+type Stamped interface {
+	// Sent returns the local time the winning request was sent.
+	Sent() time.Time
+}
+
 // MinTTL is the shortest TTL any backend accepts: Redis expiry has
 // millisecond resolution.
 const MinTTL = time.Millisecond

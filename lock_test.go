@@ -108,3 +108,62 @@ func (noManager) TryAcquire(context.Context, string, time.Duration) (lock.Lease,
 func (noManager) Acquire(context.Context, string, time.Duration) (lock.Lease, error) {
 	return nil, errors.New("noManager: called")
 }
+
+// TestRun_usesSentStampForFirstDeadline: Run counts the lease's first
+// validity from Stamped.Sent, not from when Acquire returned, so a lease
+// whose winning request left long ago (its reply was slow) is treated as
+// ending TTL after that request, and fn's context is cancelled then.
+func TestRun_usesSentStampForFirstDeadline(t *testing.T) {
+	const ttl = 10 * time.Second
+	m := stampedManager{sent: time.Now().Add(-ttl + 50*time.Millisecond)}
+	start := time.Now()
+	err := lock.Run(context.Background(), m, "k", lock.RunOptions{TTL: ttl, RefreshEvery: 5 * time.Second},
+		func(ctx context.Context, _ lock.Lease) error {
+			select {
+			case <-ctx.Done():
+				if cause := context.Cause(ctx); !errors.Is(cause, lock.ErrNotHeld) {
+					t.Errorf("cause = %v, want ErrNotHeld", cause)
+				}
+			case <-time.After(3 * time.Second):
+				t.Error("fn's context not cancelled within 3s of the lease's stamped end")
+			}
+			return nil
+		})
+	if !errors.Is(err, lock.ErrNotHeld) {
+		t.Errorf("Run = %v, want ErrNotHeld", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("Run took %v", d)
+	}
+}
+
+// stampedManager grants every Acquire at once with a lease stamped sent;
+// its leases cannot be refreshed (Refresh waits for its context).
+type stampedManager struct{ sent time.Time }
+
+func (m stampedManager) TryAcquire(ctx context.Context, key string, ttl time.Duration) (lock.Lease, bool, error) {
+	l, err := m.Acquire(ctx, key, ttl)
+	return l, err == nil, err
+}
+
+func (m stampedManager) Acquire(_ context.Context, key string, _ time.Duration) (lock.Lease, error) {
+	return stampedLease{key: key, sent: m.sent}, nil
+}
+
+type stampedLease struct {
+	key  string
+	sent time.Time
+}
+
+func (l stampedLease) Key() string       { return l.key }
+func (l stampedLease) Token() lock.Token { return "stamped" }
+func (l stampedLease) Fence() uint64     { return 1 }
+func (l stampedLease) Sent() time.Time   { return l.sent }
+func (l stampedLease) Release(context.Context) error {
+	return nil
+}
+
+func (l stampedLease) Refresh(ctx context.Context, _ time.Duration) error {
+	<-ctx.Done()
+	return ctx.Err()
+}

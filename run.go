@@ -73,9 +73,16 @@ func Run(ctx context.Context, m Manager, key string, opts RunOptions, fn func(ct
 	if err != nil {
 		return err
 	}
-	// The lease was granted no later than now, so it is valid at least until
-	// now+TTL on the local clock (clock drift aside).
-	validUntil := time.Now().Add(opts.TTL)
+	// The lease's TTL started no earlier than the winning request was sent
+	// (Stamped) and no later than now; without a stamp, now is the best
+	// bound there is (late by up to one reply's latency).
+	start := time.Now()
+	if st, ok := lease.(Stamped); ok {
+		if sent := st.Sent(); !sent.IsZero() && sent.Before(start) {
+			start = sent
+		}
+	}
+	validUntil := start.Add(opts.TTL)
 
 	fctx, cancel := context.WithCancelCause(ctx)
 	stop := make(chan struct{})

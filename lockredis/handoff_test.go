@@ -58,6 +58,11 @@ func TestHandoff_waiterHoldsWhenReleaseReturns(t *testing.T) {
 	if in.Token != string(l.Token()) {
 		t.Fatalf("holder right after Release = %q, want the waiter's token %q", in.Token, l.Token())
 	}
+	for name, x := range map[string]lock.Lease{"TryAcquire": h, "hand-off": l} {
+		if sent := x.(lock.Stamped).Sent(); sent.IsZero() || sent.After(time.Now()) {
+			t.Errorf("%s lease: Sent() = %v, want the time its acquire was sent", name, sent)
+		}
+	}
 	if l.Fence() != h.Fence()+1 {
 		t.Errorf("waiter's fence = %d, want %d", l.Fence(), h.Fence()+1)
 	}

@@ -23,6 +23,7 @@ type Lease struct {
 	fenceKey string
 	token    lock.Token
 	fence    uint64
+	sent     time.Time // when the winning acquire request was sent
 
 	released atomic.Bool // a Release got its reply: later calls do no I/O
 	notHeld  atomic.Bool // a Refresh found the lease gone
@@ -32,7 +33,17 @@ type Lease struct {
 var (
 	_ lock.Lease   = (*Lease)(nil)
 	_ lock.Watcher = (*Lease)(nil)
+	_ lock.Stamped = (*Lease)(nil)
 )
+
+// Sent returns the local time the acquire request that won this lease was
+// sent: the lease's TTL on the server started no earlier (lock.Stamped).
+func (l *Lease) Sent() time.Time {
+	if l == nil {
+		return time.Time{}
+	}
+	return l.sent
+}
 
 // Key returns the key as passed to the Manager.
 func (l *Lease) Key() string {
@@ -150,6 +161,7 @@ func (l *Lease) Release(ctx context.Context) error {
 		// key as soon as this call returns (unless another process's
 		// request got in between, in which case the waiter waits on).
 		c := m.client
+		sent := time.Now()
 		res := c.DoMulti(ctx,
 			gen.ReleaseCmd(c, l.lockKey, string(l.token)),
 			gen.AcquireCmd(c, next.l.lockKey, next.l.fenceKey, string(next.l.token), next.ttl))
@@ -162,7 +174,7 @@ func (l *Lease) Release(ctx context.Context) error {
 			_, err = gen.Release(ctx, c, l.lockKey, string(l.token))
 			aerr = rerr
 		}
-		next.pre = &handoffResult{res: acq, err: aerr, e0: e0}
+		next.pre = &handoffResult{res: acq, err: aerr, e0: e0, sent: sent}
 	}
 	if err == nil {
 		l.released.Store(true)

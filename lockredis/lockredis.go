@@ -511,6 +511,9 @@ func (m *Manager) Acquire(ctx context.Context, key string, ttl time.Duration) (l
 func (m *Manager) attempt(ctx context.Context, l *Lease, ttl time.Duration) (gen.AcquireResult, error) {
 	var res gen.AcquireResult
 	var err error
+	// A lease won by this request has its TTL counted from no earlier
+	// than now; a failed attempt's stamp is overwritten by the next one.
+	l.sent = time.Now()
 	if m.waitN > 0 {
 		res, err = m.acquireReplicated(ctx, l, ttl)
 	} else {

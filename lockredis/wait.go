@@ -55,9 +55,10 @@ type waiter struct {
 
 // handoffResult is the outcome of an acquire a releaser ran for a waiter.
 type handoffResult struct {
-	res gen.AcquireResult
-	err error
-	e0  uint64 // the key's event count when the releaser took the waiter
+	res  gen.AcquireResult
+	err  error
+	e0   uint64    // the key's event count when the releaser took the waiter
+	sent time.Time // when the releaser sent the acquire
 }
 
 func newWaiter(l *Lease, ttl time.Duration) *waiter {
@@ -206,7 +207,7 @@ func (m *Manager) wait(ctx context.Context, l *Lease, ttl time.Duration, w *wait
 				w.pre = nil
 				if p.err == nil {
 					if p.res.Acquired {
-						l.fence = p.res.Fence
+						l.fence, l.sent = p.res.Fence, p.sent
 						m.won(s, l, ttl)
 						return l, nil
 					}
