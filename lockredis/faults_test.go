@@ -227,11 +227,10 @@ func TestFault_ClientKill(t *testing.T) {
 // the server runs it, so the key is free at once, not after its hour-long
 // TTL; no goroutine is left behind (goleak in TestMain).
 //
-// With AlwaysPipelining rueidis keeps the connection and the request always
-// runs, so the next holder's fence must be 2 (the cleanup release freed the
-// key). With the default client, rueidis may drop the connection on the
-// deadline and the request may never run (fence 1); the key must be free
-// either way.
+// Usually the request runs, so the next holder's fence is 2 (the cleanup
+// release freed the key); rueidis may also drop it before writing it, or
+// drop the connection on the deadline (default client), so that it never
+// runs (fence 1). The key must be free at once either way.
 func TestFault_ContextCancelledMidCall(t *testing.T) {
 	s := redistest.Start(t, "--enable-debug-command", "yes")
 	other := newManager(t, []string{s.Addr}, lockredis.Options{})
@@ -265,10 +264,12 @@ func TestFault_ContextCancelledMidCall(t *testing.T) {
 				key := "cancel-" + cfg.name + "-" + tc.name
 				sleeping := make(chan error, 1)
 				go func() {
-					sleeping <- blocker.Do(context.Background(), blocker.B().Arbitrary("DEBUG", "SLEEP").Args("0.5").Build()).Error()
+					sleeping <- blocker.Do(context.Background(), blocker.B().Arbitrary("DEBUG", "SLEEP").Args("1").Build()).Error()
 				}()
-				time.Sleep(100 * time.Millisecond) // the server is asleep now
-				ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+				time.Sleep(200 * time.Millisecond) // the server is asleep now
+				// Long enough for rueidis to write the request even on a
+				// loaded machine, far shorter than the server's sleep.
+				ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 				err := tc.call(ctx, key)
 				cancel()
 				if !errors.Is(err, context.DeadlineExceeded) {
@@ -281,9 +282,16 @@ func TestFault_ContextCancelledMidCall(t *testing.T) {
 					t.Fatalf("DEBUG SLEEP = %v", err)
 				}
 				l := take(t, other, key, time.Minute) // free now, not in an hour
-				if f := l.Fence(); (cfg.pipelined && f != 2) || f < 1 || f > 2 {
-					t.Errorf("fence of the next holder = %d, want 2 (the cancelled request ran, the cleanup freed the key)%s", f,
-						map[bool]string{true: "", false: " or 1 (it never ran)"}[cfg.pipelined])
+				// Fence 2: the cancelled request ran and the cleanup freed the
+				// key. Fence 1: rueidis dropped the request before writing it
+				// (seen once with AlwaysPipelining on a loaded CI machine);
+				// the key must be free either way, which take checked.
+				switch f := l.Fence(); f {
+				case 2:
+				case 1:
+					t.Logf("the cancelled request never reached Redis (fence 1); cleanup not exercised in this run")
+				default:
+					t.Errorf("fence of the next holder = %d, want 2 (the cancelled request ran, the cleanup freed the key) or 1 (it never ran)", f)
 				}
 				if err := l.Release(ctxT(t)); err != nil {
 					t.Fatal(err)
