@@ -17,8 +17,11 @@
 // form a FIFO queue, and at most one of them talks to Redis at a time; the
 // others are woken one by one. The one in front wakes on the first of:
 //
-//   - an immediate local hand-off, when a lease of the same Manager on the key
-//     is released;
+//   - a local hand-off, when a lease of the same Manager on the key is
+//     released: the release sends the front waiter's acquire right behind
+//     its compare-and-delete, in one round trip on one connection, so the
+//     waiter holds the key when Release returns (it waits on if another
+//     process's request got in between);
 //   - a Redis client-side caching invalidation of the key (its release,
 //     expiry, or any other change by another process), which the Manager
 //     subscribes to with a cached read-only inspect of the key whenever the
