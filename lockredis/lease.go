@@ -132,7 +132,8 @@ func (l *Lease) Refresh(ctx context.Context, ttl time.Duration) error {
 // Release gives the key up if this lease still holds it (compare-and-delete
 // on the token) and hands the key to the next waiter of the same Manager:
 // that waiter's acquire is sent right behind the release, in the same round
-// trip (not with Options.WaitReplicas, where the waiter is woken to try). It stops a watch started by Lost without reporting a loss.
+// trip (not with Options.WaitReplicas, where the waiter is woken to try).
+// It stops a watch started by Lost without reporting a loss.
 //
 // It is idempotent: once a Release got Redis's reply, later calls return
 // nil without I/O, and releasing a lease that expired or was taken returns
