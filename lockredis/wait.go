@@ -94,11 +94,17 @@ func (ks *keyState) wakeHead() {
 	if ks.active > 0 || len(ks.q) == 0 {
 		return
 	}
+	ks.popHead().wake <- struct{}{}
+}
+
+// popHead takes the front waiter out of the queue and makes it the key's
+// active waiter. Call with s.mu held and the queue not empty.
+func (ks *keyState) popHead() *waiter {
 	w := ks.q[0]
 	ks.q[0] = nil
 	ks.q = ks.q[1:]
 	ks.active++
-	w.wake <- struct{}{}
+	return w
 }
 
 func (ks *keyState) pushFront(w *waiter) {
@@ -365,10 +371,7 @@ func (m *Manager) takeForHandoff(l *Lease) (*waiter, uint64) {
 	if ks == nil || ks.active > 0 || len(ks.q) == 0 {
 		return nil, 0
 	}
-	w := ks.q[0]
-	ks.q[0] = nil
-	ks.q = ks.q[1:]
-	ks.active++
+	w := ks.popHead()
 	w.handoff = true
 	return w, ks.events
 }
