@@ -289,7 +289,11 @@ func (m *Manager) watchLoop(w *watch) {
 	}()
 	backoff := time.Duration(0)
 	for {
-		ins, err := gen.InspectCache(w.ctx, m.client, l.lockKey, inspectCacheTTL)
+		// On the Manager's context, not the watch's: stopping a watch (at
+		// Release) must not cancel a request in flight on the shared
+		// connection, which rueidis may answer by dropping the connection or
+		// by failing a dial that concurrent callers are waiting on.
+		ins, err := gen.InspectCache(m.ctx, m.client, l.lockKey, inspectCacheTTL)
 		if w.ctx.Err() != nil {
 			return
 		}
