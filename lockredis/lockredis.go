@@ -98,6 +98,14 @@ type Options struct {
 	// caller's hook, if any, after it. Set DisableCache for servers without
 	// client-side caching (RESP2-only, some managed offerings, miniredis):
 	// waiting then polls with backoff. Ignored by NewWithClient.
+	//
+	// A context that ends while its call is in flight can make rueidis, in
+	// its default mode, drop the shared connection (when that call was the
+	// only one in flight) so that concurrent callers reconnect, and a
+	// caller waiting on a dial started by a cancelled call may fail with
+	// it. Set AlwaysPipelining to keep the connection through such
+	// cancellations; it cost about 8% in sequential acquire+release latency
+	// here and nothing measurable under concurrency.
 	ClientOption rueidis.ClientOption
 
 	// Prefix is put before every key name. Empty means DefaultPrefix. All
