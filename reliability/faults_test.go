@@ -229,56 +229,40 @@ func TestFaults(t *testing.T) {
 		return out
 	}
 	calm := func() { time.Sleep(400 * time.Millisecond) }
+	// episode adds toxics to n random clients for d, then heals every
+	// proxy (restarting it when reconnect is set, see heal) and calms down.
+	episode := func(kind string, n int, d time.Duration, reconnect bool, toxics ...string) {
+		for _, c := range pick(n) {
+			for _, tx := range toxics {
+				addToxic(t, c.proxy, tx)
+			}
+			faults[kind]++
+		}
+		time.Sleep(d)
+		for _, c := range clients {
+			heal(t, c.proxy, reconnect)
+		}
+		calm()
+	}
 	var stalled []*leaseRec
 
 	for round := 0; round < nRounds; round++ {
 		calm()
 		// Latency with jitter both ways on three clients.
-		for _, c := range pick(3) {
-			addToxic(t, c.proxy, `{"type":"latency","stream":"downstream","attributes":{"latency":60,"jitter":40}}`)
-			addToxic(t, c.proxy, `{"type":"latency","stream":"upstream","attributes":{"latency":30,"jitter":20}}`)
-			faults["latency"]++
-		}
-		time.Sleep(2 * time.Second)
-		for _, c := range clients {
-			heal(t, c.proxy, false)
-		}
-		calm()
-
+		episode("latency", 3, 2*time.Second, false,
+			`{"type":"latency","stream":"downstream","attributes":{"latency":60,"jitter":40}}`,
+			`{"type":"latency","stream":"upstream","attributes":{"latency":30,"jitter":20}}`)
 		// Bandwidth limit (KB/s) on two clients.
-		for _, c := range pick(2) {
-			addToxic(t, c.proxy, `{"type":"bandwidth","stream":"downstream","attributes":{"rate":2}}`)
-			addToxic(t, c.proxy, `{"type":"bandwidth","stream":"upstream","attributes":{"rate":2}}`)
-			faults["bandwidth"]++
-		}
-		time.Sleep(2 * time.Second)
-		for _, c := range clients {
-			heal(t, c.proxy, false)
-		}
-		calm()
-
+		episode("bandwidth", 2, 2*time.Second, false,
+			`{"type":"bandwidth","stream":"downstream","attributes":{"rate":2}}`,
+			`{"type":"bandwidth","stream":"upstream","attributes":{"rate":2}}`)
 		// Connection resets (TCP RST) on two clients for a moment: every
 		// connection that carries data meanwhile is reset.
-		for _, c := range pick(2) {
-			addToxic(t, c.proxy, `{"type":"reset_peer","stream":"upstream","attributes":{"timeout":0}}`)
-			faults["reset"]++
-		}
-		time.Sleep(300 * time.Millisecond)
-		for _, c := range clients {
-			heal(t, c.proxy, true)
-		}
-		calm()
-
+		episode("reset", 2, 300*time.Millisecond, true,
+			`{"type":"reset_peer","stream":"upstream","attributes":{"timeout":0}}`)
 		// Timeouts: data dropped, the connection closed after 400ms.
-		for _, c := range pick(2) {
-			addToxic(t, c.proxy, `{"type":"timeout","stream":"upstream","attributes":{"timeout":400}}`)
-			faults["timeout"]++
-		}
-		time.Sleep(time.Second)
-		for _, c := range clients {
-			heal(t, c.proxy, true)
-		}
-		calm()
+		episode("timeout", 2, time.Second, true,
+			`{"type":"timeout","stream":"upstream","attributes":{"timeout":400}}`)
 
 		// The stalled holder: a client holding a lease with long work left
 		// is cut off (nothing passes, nothing is closed) for three TTLs.
