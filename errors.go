@@ -26,16 +26,22 @@ var ErrInvalidTTL = errors.New("lock: invalid ttl")
 // nil Manager, and by calls on leases of a closed Manager.
 var ErrClosed = errors.New("lock: manager closed")
 
-// ErrInvalidKeyEmpty is the error ValidateKey returns for "". It wraps
-// ErrInvalidKey; test with errors.Is(err, ErrInvalidKey).
-var ErrInvalidKeyEmpty = fmt.Errorf("%w: empty key", ErrInvalidKey)
+// ErrInvalidArgument is returned for a nil context, and by Run for a nil
+// function: programming errors that a backend reports instead of panicking.
+var ErrInvalidArgument = errors.New("lock: invalid argument")
 
-var errKeyTooLong = fmt.Errorf("%w: longer than %d bytes", ErrInvalidKey, MaxKeyLen)
+// The errors ValidateKey returns; both wrap ErrInvalidKey, which is what
+// callers test with errors.Is.
+var (
+	errKeyEmpty   = fmt.Errorf("%w: empty key", ErrInvalidKey)
+	errKeyTooLong = fmt.Errorf("%w: longer than %d bytes", ErrInvalidKey, MaxKeyLen)
+	errNilContext = fmt.Errorf("%w: nil context", ErrInvalidArgument)
+)
 
-type ttlError struct{ ttl, max time.Duration }
+type ttlError struct{ ttl, limit time.Duration }
 
 func (e *ttlError) Error() string {
-	return fmt.Sprintf("lock: invalid ttl %v: want %v to %v", e.ttl, MinTTL, e.max)
+	return fmt.Sprintf("lock: invalid ttl %v: want %v to %v", e.ttl, MinTTL, e.limit)
 }
 
 func (e *ttlError) Unwrap() error { return ErrInvalidTTL }

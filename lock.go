@@ -88,6 +88,7 @@ type Watcher interface {
 	// Lost returns a channel that is closed once the backend has seen that
 	// this lease no longer holds its key. It is not closed by the lease's own
 	// Release. Calling Lost may start the watch; it is cheap to call again.
+	// A nil lease holds nothing, so its Lost returns a closed channel.
 	Lost() <-chan struct{}
 }
 
@@ -117,7 +118,7 @@ const MaxKeyLen = 64 << 10
 // error wraps ErrInvalidKey.
 func ValidateKey(key string) error {
 	if key == "" {
-		return ErrInvalidKeyEmpty
+		return errKeyEmpty
 	}
 	if len(key) > MaxKeyLen {
 		return errKeyTooLong
@@ -125,11 +126,22 @@ func ValidateKey(key string) error {
 	return nil
 }
 
-// ValidateTTL reports whether ttl lies in [MinTTL, max]. Backends truncate a
-// valid ttl to whole milliseconds. The error wraps ErrInvalidTTL.
-func ValidateTTL(ttl, max time.Duration) error {
-	if ttl < MinTTL || ttl > max {
-		return &ttlError{ttl: ttl, max: max}
+// ValidateTTL reports whether ttl lies in [MinTTL, limit], limit being the
+// backend's longest TTL. Backends truncate a valid ttl to whole
+// milliseconds. The error wraps ErrInvalidTTL.
+func ValidateTTL(ttl, limit time.Duration) error {
+	if ttl < MinTTL || ttl > limit {
+		return &ttlError{ttl: ttl, limit: limit}
+	}
+	return nil
+}
+
+// ValidateContext reports whether ctx is usable: every call that takes a
+// context returns this error, wrapping ErrInvalidArgument, for a nil one
+// instead of panicking.
+func ValidateContext(ctx context.Context) error {
+	if ctx == nil {
+		return errNilContext
 	}
 	return nil
 }

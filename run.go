@@ -48,10 +48,19 @@ var ErrInvalidOptions = errors.New("lock: invalid options")
 // when fn returned nil but the lease was lost while it ran, an error wrapping
 // ErrNotHeld; else the error of the final Release, if any. The lease is
 // always released (or, if Release fails, left to its TTL) before Run
-// returns, and no goroutine outlives the call.
+// returns, and no goroutine outlives the call. If fn panics, Run stops the
+// watchdog and releases the lease (bounded by ReleaseTimeout) before the
+// panic continues up the stack. A nil ctx or fn returns an error wrapping
+// ErrInvalidArgument and calls nothing.
 func Run(ctx context.Context, m Manager, key string, opts RunOptions, fn func(ctx context.Context, lease Lease) error) error {
+	if err := ValidateContext(ctx); err != nil {
+		return err
+	}
 	if m == nil {
 		return ErrClosed
+	}
+	if fn == nil {
+		return fmt.Errorf("%w: nil function", ErrInvalidArgument)
 	}
 	if opts.TTL == 0 {
 		opts.TTL = defaultRunTTL
@@ -92,19 +101,32 @@ func Run(ctx context.Context, m Manager, key string, opts RunOptions, fn func(ct
 		watchdog(fctx, lease, opts, validUntil, stop, cancel)
 	}()
 
-	fnErr := fn(fctx, lease)
-
-	close(stop)
-	<-done
-	lost := context.Cause(fctx)
-	cancel(nil)
-	if lost != nil && !errors.Is(lost, ErrNotHeld) {
-		lost = nil // the caller's context ended; that is not a lost lease
+	// finish stops the watchdog and releases the lease. It runs when fn
+	// returns, and also when fn panics or calls runtime.Goexit: then the
+	// deferred call releases the key at once and the panic goes on.
+	finish := func() (lost, relErr error) {
+		close(stop)
+		<-done
+		lost = context.Cause(fctx)
+		cancel(nil)
+		if lost != nil && !errors.Is(lost, ErrNotHeld) {
+			lost = nil // the caller's context ended; that is not a lost lease
+		}
+		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), opts.ReleaseTimeout)
+		relErr = lease.Release(rctx)
+		rcancel()
+		return lost, relErr
 	}
+	returned := false
+	defer func() {
+		if !returned {
+			_, _ = finish()
+		}
+	}()
 
-	rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), opts.ReleaseTimeout)
-	relErr := lease.Release(rctx)
-	rcancel()
+	fnErr := fn(fctx, lease)
+	returned = true
+	lost, relErr := finish()
 
 	switch {
 	case fnErr != nil:

@@ -73,8 +73,12 @@ func (l *Lease) Token() lock.Token {
 // holds its key (released, expired, or the key was taken since) it returns
 // an error wrapping lock.ErrNotHeld and changes nothing; a ttl outside
 // [lock.MinTTL, lock.MaxTTL] gives lock.ErrInvalidTTL and leaves the lease
-// as it was; after Close it returns lock.ErrClosed. ctx is not consulted.
-func (l *Lease) Refresh(_ context.Context, ttl time.Duration) error {
+// as it was; after Close it returns lock.ErrClosed. ctx is not consulted,
+// but a nil ctx gives lock.ErrInvalidArgument.
+func (l *Lease) Refresh(ctx context.Context, ttl time.Duration) error {
+	if err := lock.ValidateContext(ctx); err != nil {
+		return err
+	}
 	if l == nil {
 		return notHeld("")
 	}
@@ -105,8 +109,11 @@ func (l *Lease) Refresh(_ context.Context, ttl time.Duration) error {
 // It is idempotent: on a lease that was already released, that expired, or
 // whose key another lease holds now, it returns nil and changes nothing.
 // After Close it returns lock.ErrClosed (Close already ended the lease).
-// ctx is not consulted.
-func (l *Lease) Release(_ context.Context) error {
+// ctx is not consulted, but a nil ctx gives lock.ErrInvalidArgument.
+func (l *Lease) Release(ctx context.Context) error {
+	if err := lock.ValidateContext(ctx); err != nil {
+		return err
+	}
 	if l == nil {
 		return nil
 	}

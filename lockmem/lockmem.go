@@ -168,10 +168,14 @@ func validate(key string, ttl time.Duration) (time.Duration, error) {
 // error wrapping lock.ErrInvalidKey, a ttl outside [lock.MinTTL, lock.MaxTTL]
 // lock.ErrInvalidTTL, a nil or closed Manager lock.ErrClosed; none of these
 // changes any state. ttl is truncated to whole milliseconds. ctx is not
-// consulted: the call does not wait.
-func (m *Manager) TryAcquire(_ context.Context, key string, ttl time.Duration) (lock.Lease, bool, error) {
+// consulted (the call does not wait), but a nil ctx gives an error wrapping
+// lock.ErrInvalidArgument, as in every backend.
+func (m *Manager) TryAcquire(ctx context.Context, key string, ttl time.Duration) (lock.Lease, bool, error) {
 	if m == nil {
 		return nil, false, lock.ErrClosed
+	}
+	if err := lock.ValidateContext(ctx); err != nil {
+		return nil, false, err
 	}
 	ttl, err := validate(key, ttl)
 	if err != nil {
@@ -207,6 +211,9 @@ func (m *Manager) TryAcquire(_ context.Context, key string, ttl time.Duration) (
 func (m *Manager) Acquire(ctx context.Context, key string, ttl time.Duration) (lock.Lease, error) {
 	if m == nil {
 		return nil, lock.ErrClosed
+	}
+	if err := lock.ValidateContext(ctx); err != nil {
+		return nil, err
 	}
 	ttl, err := validate(key, ttl)
 	if err != nil {

@@ -3,6 +3,7 @@ package locktest
 import (
 	"context"
 	"errors"
+	"reflect"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -468,6 +469,96 @@ func (s *suite) testNilManager(t *testing.T) {
 	if l, err := m.Acquire(ctx(t), k, s.long()); l != nil || !isErr(err, lock.ErrClosed) {
 		t.Fatalf("nil manager Acquire = %v, %v; want ErrClosed", l, err)
 	}
+}
+
+// testNilContext: a nil context is bad input, reported with
+// ErrInvalidArgument by every call that takes one, never a panic, and it
+// leaves the key as it was.
+func (s *suite) testNilContext(t *testing.T) {
+	m := s.b.New(t)
+	k := key(t)
+	var nilCtx context.Context
+	call := func(what string, f func() error) {
+		t.Helper()
+		var err error
+		func() {
+			defer func() {
+				if r := recover(); r != nil {
+					t.Fatalf("%s with a nil context panicked: %v", what, r)
+				}
+			}()
+			err = f()
+		}()
+		if !isErr(err, lock.ErrInvalidArgument) {
+			t.Fatalf("%s with a nil context = %v, want ErrInvalidArgument", what, err)
+		}
+	}
+	call("TryAcquire", func() error {
+		l, ok, err := m.TryAcquire(nilCtx, k, s.long())
+		if l != nil || ok {
+			t.Errorf("TryAcquire with a nil context returned a lease")
+		}
+		return err
+	})
+	call("Acquire", func() error {
+		l, err := m.Acquire(nilCtx, k, s.long())
+		if l != nil {
+			t.Errorf("Acquire with a nil context returned a lease")
+		}
+		return err
+	})
+	call("Run", func() error {
+		return lock.Run(nilCtx, m, k, lock.RunOptions{}, func(context.Context, lock.Lease) error { return nil })
+	})
+	call("Run with a nil fn", func() error {
+		return lock.Run(ctx(t), m, k, lock.RunOptions{}, nil)
+	})
+	mustBeFree(t, m, k)
+	l := mustTake(t, m, k, s.long())
+	call("Refresh", func() error { return l.Refresh(nilCtx, s.long()) })
+	call("Release", func() error { return l.Release(nilCtx) })
+	mustBeHeld(t, m, k)
+	release(t, l)
+	mustBeFree(t, m, k)
+}
+
+// testNilLease: a nil lease of the backend's type holds nothing. Its Key is
+// "", Fence 0, Refresh reports ErrNotHeld, Release is a no-op, and, if the
+// backend's leases implement lock.Watcher, Lost returns a closed channel (a
+// nil lease is lost from the start), so a select on it does not block.
+func (s *suite) testNilLease(t *testing.T) {
+	m := s.b.New(t)
+	k := key(t)
+	l := mustTake(t, m, k, s.long())
+	defer release(t, l)
+	nl, ok := reflect.Zero(reflect.TypeOf(l)).Interface().(lock.Lease)
+	if !ok || reflect.TypeOf(l).Kind() != reflect.Pointer {
+		t.Skipf("the backend's lease type %T is not a pointer; a nil lease cannot be made", l)
+	}
+	func() {
+		defer func() {
+			if r := recover(); r != nil {
+				t.Fatalf("calling a nil %T panicked: %v", l, r)
+			}
+		}()
+		if nl.Key() != "" || nl.Fence() != 0 || nl.Token() != "" {
+			t.Errorf("nil lease: Key %q, Fence %d, Token %q; want zero values", nl.Key(), nl.Fence(), nl.Token())
+		}
+		if err := nl.Refresh(ctx(t), s.long()); !isErr(err, lock.ErrNotHeld) {
+			t.Errorf("nil lease Refresh = %v, want ErrNotHeld", err)
+		}
+		if err := nl.Release(ctx(t)); err != nil {
+			t.Errorf("nil lease Release = %v, want nil", err)
+		}
+		if w, ok := nl.(lock.Watcher); ok {
+			select {
+			case <-w.Lost():
+			default:
+				t.Errorf("nil lease Lost() is not closed; the contract wants a closed channel")
+			}
+		}
+	}()
+	mustBeHeld(t, m, k)
 }
 
 func (s *suite) testClosedManager(t *testing.T) {

@@ -132,6 +132,8 @@ func (s *suite) cases() []tcase {
 		{"BadInput/TTL", s.testBadTTL},
 		{"BadInput/TTLLimits", s.testTTLLimits},
 		{"BadInput/NilManager", s.testNilManager},
+		{"BadInput/NilContext", s.testNilContext},
+		{"BadInput/NilLease", s.testNilLease},
 		{"BadInput/ClosedManager", s.testClosedManager},
 		{"BadInput/CloseWakesWaiters", s.testCloseWakesWaiters},
 		{"OddKeys", s.testOddKeys},
