@@ -5,55 +5,115 @@ package gen
 import (
 	"context"
 	"github.com/redis/rueidis"
+	"time"
 )
 
 // ReleaseSource is the Lua source of scripts/release.lua, as EVAL sends it: the file
 // without its final newline, which is also what `redis-cli SCRIPT LOAD
 // "$(cat scripts/release.lua)"` loads.
 const ReleaseSource = `-- name: release
--- keys: lock_key
--- argv: token string
--- reply: released bool
+-- keys: lock_key, fence_key, line_key, line_deadlines_key, line_args_key
+-- argv: token string, channel string
+-- reply: released bool, next string|nil (handed), fence uint64, ttl duration_ms
 -- readonly: false
--- error: ERR wrong number of keys: want 1 (lock key)
+-- error: ERR wrong number of keys: want 5 (lock, fence, line, line deadlines, line args)
 -- error: ERR invalid token: want a non-empty string
--- error: WRONGTYPE when the lock key holds a value that is not a string
+-- error: WRONGTYPE when a key holds a value of another type than the protocol's
 --
--- Releases the lock KEYS[1] if the token ARGV[1] holds it: deletes the key
--- and replies 1. Otherwise (expired, already released, or held by another
--- token) changes nothing and replies 0 (compare-and-delete). The fence
--- counter is left alone.
-if #KEYS ~= 1 then
-  return redis.error_reply('ERR wrong number of keys: want 1 (lock key)')
+-- Protocol 2 (scripts/README.md, "The line"). Releases the lock KEYS[1] if
+-- the token ARGV[1] holds it (compare-and-delete), else takes the token out of
+-- the key's line (a waiter that gave up). Whenever the lock is then free and
+-- the line has a live head, the key goes to the head: the lock is set to the
+-- head's token with the head's ttl, the fence counter KEYS[2] grows, and
+-- "fence ttl token" is published on the head's channel unless that is ARGV[2]
+-- (the caller's own). Replies {released, next token or nil, next fence, next
+-- ttl}: released is 1 when this token held the lock.
+if #KEYS ~= 5 then
+  return redis.error_reply('ERR wrong number of keys: want 5 (lock, fence, line, line deadlines, line args)')
 end
-local token = ARGV[1]
+local token, channel = ARGV[1], ARGV[2] or ''
 if token == nil or token == '' then
   return redis.error_reply('ERR invalid token: want a non-empty string')
 end
-if redis.call('GET', KEYS[1]) == token then
-  redis.call('DEL', KEYS[1])
-  return 1
+local L, LD, LA = KEYS[3], KEYS[4], KEYS[5]
+
+local function leave(t)
+  redis.call('ZREM', L, t)
+  redis.call('ZREM', LD, t)
+  redis.call('HDEL', LA, t)
 end
-return 0`
+
+local holder = redis.call('GET', KEYS[1])
+local released = 0
+if holder == token then
+  released = 1
+elseif holder then
+  leave(token)
+  return {0, false, 0, 0}
+else
+  leave(token)
+end
+-- The lock is free, or ours to give: does anyone wait?
+if redis.call('EXISTS', L) == 1 then
+  local tm = redis.call('TIME')
+  local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
+  local dead = redis.call('ZRANGEBYSCORE', LD, '-inf', now, 'LIMIT', 0, 64)
+  for i = 1, #dead do leave(dead[i]) end
+  for _ = 1, 64 do
+    local h = redis.call('ZRANGE', L, 0, 0)[1]
+    if not h then break end
+    local d = tonumber(redis.call('ZSCORE', LD, h))
+    local a = redis.call('HGET', LA, h)
+    if d and d > now and a then
+      local sp = string.find(a, ' ', 1, true)
+      local httl, hch = string.sub(a, 1, sp - 1), string.sub(a, sp + 1)
+      local fence = redis.pcall('INCR', KEYS[2])
+      if type(fence) == 'table' then return fence end
+      redis.call('SET', KEYS[1], h, 'PX', httl)
+      leave(h)
+      if hch ~= '' and hch ~= channel then
+        redis.call('PUBLISH', hch, string.format('%d', fence) .. ' ' .. httl .. ' ' .. h)
+      end
+      return {released, h, fence, tonumber(httl)}
+    end
+    leave(h)
+  end
+end
+if released == 1 then
+  redis.call('DEL', KEYS[1])
+end
+return {released, false, 0, 0}`
 
 // ReleaseSHA1 is the SHA1 of ReleaseSource, as SCRIPT LOAD replies it.
-const ReleaseSHA1 = "84c7f9c4a8463306175c36a136ca6a7cda321a87"
+const ReleaseSHA1 = "207780b1e4430c5fa4e34e87f3486ee3c90a15a3"
 
 var releaseScript = rueidis.NewLuaScript(ReleaseSource)
 
 // ReleaseResult is the reply of scripts/release.lua.
 type ReleaseResult struct {
-	// Released is the reply (1 true, 0 false).
+	// Released is reply element 1 (1 true, 0 false).
 	Released bool
+	// Handed reports that reply element 2 was not nil.
+	Handed bool
+	// Next is reply element 2; "" when it was nil.
+	Next string
+	// Fence is reply element 3.
+	Fence uint64
+	// TTL is reply element 4, in milliseconds.
+	TTL time.Duration
 }
 
 // Release runs scripts/release.lua with EVALSHA, falling back to EVAL when the server
 // does not have the script loaded (NOSCRIPT).
 //
-// Releases the lock KEYS[1] if the token ARGV[1] holds it: deletes the key
-// and replies 1. Otherwise (expired, already released, or held by another
-// token) changes nothing and replies 0 (compare-and-delete). The fence
-// counter is left alone.
+// Protocol 2 (scripts/README.md, "The line"). Releases the lock KEYS[1] if
+// the token ARGV[1] holds it (compare-and-delete), else takes the token out of
+// the key's line (a waiter that gave up). Whenever the lock is then free and
+// the line has a live head, the key goes to the head: the lock is set to the
+// head's token with the head's ttl, the fence counter KEYS[2] grows, and
+// "fence ttl token" is published on the head's channel unless that is ARGV[2]
+// (the caller's own). Replies {released, next token or nil, next fence, next
+// ttl}: released is 1 when this token held the lock.
 //
 // On success it returns the decoded reply. On failure it returns the zero
 // ReleaseResult and the error: a Redis error reply (the script's own or the
@@ -61,12 +121,12 @@ type ReleaseResult struct {
 // context error from rueidis, or an error describing a reply whose shape
 // differs from the script's header. Error replies of the script:
 //
-//   - ERR wrong number of keys: want 1 (lock key)
+//   - ERR wrong number of keys: want 5 (lock, fence, line, line deadlines, line args)
 //   - ERR invalid token: want a non-empty string
-//   - WRONGTYPE when the lock key holds a value that is not a string
-func Release(ctx context.Context, c rueidis.Client, lockKey string, token string) (ReleaseResult, error) {
-	keys := [1]string{lockKey}
-	args := [1]string{token}
+//   - WRONGTYPE when a key holds a value of another type than the protocol's
+func Release(ctx context.Context, c rueidis.Client, lockKey string, fenceKey string, lineKey string, lineDeadlinesKey string, lineArgsKey string, token string, channel string) (ReleaseResult, error) {
+	keys := [5]string{lockKey, fenceKey, lineKey, lineDeadlinesKey, lineArgsKey}
+	args := [2]string{token, channel}
 	return ParseRelease(releaseScript.Exec(ctx, c, keys[:], args[:]))
 }
 
@@ -77,14 +137,14 @@ func Release(ctx context.Context, c rueidis.Client, lockKey string, token string
 // when that is a NOSCRIPT error (rueidis.IsRedisErr, IsNoScript), send
 // ReleaseEvalCmd instead. Arguments are encoded as by Release; nothing is
 // validated here. A Completed must be sent at most once.
-func ReleaseCmd(c rueidis.Client, lockKey string, token string) rueidis.Completed {
-	return c.B().Evalsha().Sha1(ReleaseSHA1).Numkeys(1).Key(lockKey).Arg(token).Build()
+func ReleaseCmd(c rueidis.Client, lockKey string, fenceKey string, lineKey string, lineDeadlinesKey string, lineArgsKey string, token string, channel string) rueidis.Completed {
+	return c.B().Evalsha().Sha1(ReleaseSHA1).Numkeys(5).Key(lockKey, fenceKey, lineKey, lineDeadlinesKey, lineArgsKey).Arg(token, channel).Build()
 }
 
 // ReleaseEvalCmd is ReleaseCmd with EVAL and the full source, for the
 // retry after NOSCRIPT (it also loads the script into the server's cache).
-func ReleaseEvalCmd(c rueidis.Client, lockKey string, token string) rueidis.Completed {
-	return c.B().Eval().Script(ReleaseSource).Numkeys(1).Key(lockKey).Arg(token).Build()
+func ReleaseEvalCmd(c rueidis.Client, lockKey string, fenceKey string, lineKey string, lineDeadlinesKey string, lineArgsKey string, token string, channel string) rueidis.Completed {
+	return c.B().Eval().Script(ReleaseSource).Numkeys(5).Key(lockKey, fenceKey, lineKey, lineDeadlinesKey, lineArgsKey).Arg(token, channel).Build()
 }
 
 // ParseRelease decodes the reply of scripts/release.lua, as Release, ReleaseCmd or
@@ -93,12 +153,24 @@ func ReleaseEvalCmd(c rueidis.Client, lockKey string, token string) rueidis.Comp
 // describing the reply's shape, never rueidis.Nil. On failure the
 // ReleaseResult is the zero value.
 func ParseRelease(res rueidis.RedisResult) (r ReleaseResult, err error) {
-	msg, err := res.ToMessage()
+	vals, err := res.ToArray()
 	if err != nil {
 		return r, replyErr("release", err)
 	}
-	if r.Released, err = asBool(&msg); err != nil {
+	if len(vals) != 4 {
+		return r, lenErr("release", len(vals), 4)
+	}
+	if r.Released, err = asBool(&vals[0]); err != nil {
 		return ReleaseResult{}, elemErr("release", 1, err)
+	}
+	if r.Next, r.Handed, err = asNullString(&vals[1]); err != nil {
+		return ReleaseResult{}, elemErr("release", 2, err)
+	}
+	if r.Fence, err = asUint64(&vals[2]); err != nil {
+		return ReleaseResult{}, elemErr("release", 3, err)
+	}
+	if r.TTL, err = asDurationMS(&vals[3]); err != nil {
+		return ReleaseResult{}, elemErr("release", 4, err)
 	}
 	return r, nil
 }

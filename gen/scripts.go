@@ -116,6 +116,10 @@ func asBool(m *rueidis.RedisMessage) (bool, error) {
 	return m.AsBool()
 }
 
+func asInt64(m *rueidis.RedisMessage) (int64, error) {
+	return m.AsInt64()
+}
+
 func asUint64(m *rueidis.RedisMessage) (uint64, error) {
 	n, err := m.AsInt64()
 	if err != nil {

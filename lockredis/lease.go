@@ -3,31 +3,35 @@ package lockredis
 import (
 	"context"
 	"fmt"
+	"hash/maphash"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/klauthed/lock"
 	"github.com/klauthed/lock/gen"
-	"github.com/redis/rueidis"
 )
 
 // Lease is one acquisition of a key on a Manager, returned as lock.Lease by
 // TryAcquire and Acquire. Its methods are safe for concurrent use. It also
-// implements lock.Watcher. A nil *Lease holds nothing: Key and Token return
-// "", Fence 0, Refresh lock.ErrNotHeld and Release nil.
+// implements lock.Watcher and lock.Stamped. A nil *Lease holds nothing: Key
+// and Token return "", Fence 0, Refresh lock.ErrNotHeld, Release nil, and
+// Lost a closed channel.
 type Lease struct {
-	m        *Manager
-	key      string
-	lockKey  string // shares its bytes with fenceKey
-	fenceKey string
-	token    lock.Token
-	fence    uint64
-	sent     time.Time // when the winning acquire request was sent
+	m     *Manager
+	key   string
+	k     keys
+	token lock.Token
+	fence uint64
+	sent  time.Time // no later than when the lease's TTL started on the server
 
-	released atomic.Bool // a Release got its reply: later calls do no I/O
-	notHeld  atomic.Bool // a Refresh found the lease gone
-	watch    atomic.Pointer[watch]
+	// readMu orders the watch's reads before Release: a read sent after
+	// the release would register tracking of a key nobody watches.
+	readMu    sync.RWMutex
+	releasing atomic.Bool // a Release is in flight: its own write is no loss
+	released  atomic.Bool // a Release got its reply: later calls do no I/O
+	notHeld   atomic.Bool // a Refresh found the lease gone
+	watch     atomic.Pointer[watch]
 }
 
 var (
@@ -36,8 +40,10 @@ var (
 	_ lock.Stamped = (*Lease)(nil)
 )
 
-// Sent returns the local time the acquire request that won this lease was
-// sent: the lease's TTL on the server started no earlier (lock.Stamped).
+// Sent returns a local time no later than when the lease's TTL started on
+// the server: when the winning acquire was sent, or, for a key handed over
+// by a release, when this waiter's last attempt or the handing release (if
+// it was this Manager's) was sent (lock.Stamped).
 func (l *Lease) Sent() time.Time {
 	if l == nil {
 		return time.Time{}
@@ -77,14 +83,17 @@ func (l *Lease) Fence() uint64 {
 // its key (released, expired, taken by another, deleted, or lost with a
 // restarted Redis) it returns an error wrapping lock.ErrNotHeld and changes
 // nothing; a watch started by Lost then reports the loss. Bad ttl returns
-// an error wrapping lock.ErrInvalidTTL before any I/O; a closed Manager
-// lock.ErrClosed; other backend failures leave the lease as it was.
+// an error wrapping lock.ErrInvalidTTL, a nil ctx lock.ErrInvalidArgument,
+// before any I/O; a closed Manager lock.ErrClosed; other backend failures
+// leave the lease as it was.
 //
 // With Options.WaitReplicas set, a refresh that the primary applied but
 // fewer replicas acknowledged returns an error wrapping ErrNotReplicated;
-// the lease stays held and extended on the primary (a failover to a replica
-// that missed it would bring back the earlier expiry).
+// the lease stays held and extended on the primary.
 func (l *Lease) Refresh(ctx context.Context, ttl time.Duration) error {
+	if err := lock.ValidateContext(ctx); err != nil {
+		return err
+	}
 	if l == nil {
 		return fmt.Errorf("%w: nil lease", lock.ErrNotHeld)
 	}
@@ -98,13 +107,12 @@ func (l *Lease) Refresh(ctx context.Context, ttl time.Duration) error {
 	if m.closed.Load() {
 		return lock.ErrClosed
 	}
-	start := time.Now()
 	var res gen.RefreshResult
 	var err error
 	if m.waitN > 0 {
 		res, err = m.refreshReplicated(ctx, l, ttl)
 	} else {
-		res, err = gen.Refresh(ctx, m.client, l.lockKey, string(l.token), ttl)
+		res, err = gen.Refresh(ctx, m.client, l.k.lock, string(l.token), ttl)
 	}
 	if err != nil && !res.Refreshed {
 		return fmt.Errorf("lockredis: refresh %q: %w", l.key, m.mapErr(err))
@@ -116,12 +124,6 @@ func (l *Lease) Refresh(ctx context.Context, ttl time.Duration) error {
 		}
 		return fmt.Errorf("%w: key %q", lock.ErrNotHeld, l.key)
 	}
-	s := m.shard(l.lockKey)
-	s.mu.Lock()
-	if ks := s.keys[l.lockKey]; ks != nil && ks.holder == l {
-		ks.holderUntil = start.Add(ttl)
-	}
-	s.mu.Unlock()
 	if err != nil {
 		// Extended on the primary, not acknowledged by enough replicas.
 		return fmt.Errorf("lockredis: refresh %q: %w", l.key, m.mapErr(err))
@@ -130,17 +132,20 @@ func (l *Lease) Refresh(ctx context.Context, ttl time.Duration) error {
 }
 
 // Release gives the key up if this lease still holds it (compare-and-delete
-// on the token) and hands the key to the next waiter of the same Manager:
-// that waiter's acquire is sent right behind the release, in the same round
-// trip (not with Options.WaitReplicas, where the waiter is woken to try).
-// It stops a watch started by Lost without reporting a loss.
+// on the token), handing it to the head of the key's line, if anyone waits:
+// in one script, so the next holder holds the key when Release returns. It
+// stops a watch started by Lost without reporting a loss.
 //
 // It is idempotent: once a Release got Redis's reply, later calls return
 // nil without I/O, and releasing a lease that expired or was taken returns
 // nil and frees nobody else's lease. On backend failure it returns the
 // error and the lease ends at its TTL at the latest (Release may be called
-// again). On a closed Manager it returns lock.ErrClosed.
+// again). A nil ctx gives lock.ErrInvalidArgument; a closed Manager
+// lock.ErrClosed.
 func (l *Lease) Release(ctx context.Context) error {
+	if err := lock.ValidateContext(ctx); err != nil {
+		return err
+	}
 	if l == nil || l.released.Load() {
 		return nil
 	}
@@ -148,48 +153,20 @@ func (l *Lease) Release(ctx context.Context) error {
 	if m.closed.Load() {
 		return lock.ErrClosed
 	}
-	var next *waiter
-	var e0 uint64
-	if m.waitN == 0 {
-		next, e0 = m.takeForHandoff(l)
-	}
-	var err error
-	if next == nil {
-		_, err = gen.Release(ctx, m.client, l.lockKey, string(l.token))
-	} else {
-		// Hand-off: the next waiter's acquire follows the release on the
-		// same connection, in the same round trip, so the waiter holds the
-		// key as soon as this call returns (unless another process's
-		// request got in between, in which case the waiter waits on).
-		c := m.client
-		sent := time.Now()
-		res := c.DoMulti(ctx,
-			gen.ReleaseCmd(c, l.lockKey, string(l.token)),
-			gen.AcquireCmd(c, next.l.lockKey, next.l.fenceKey, string(next.l.token), next.ttl))
-		_, err = gen.ParseRelease(res[0])
-		acq, aerr := gen.ParseAcquire(res[1])
-		if rerr, ok := rueidis.IsRedisErr(err); ok && rerr.IsNoScript() {
-			// The release script was not loaded, so the acquire behind it
-			// met the old holder: release with the EVAL fallback and let
-			// the waiter try on its own.
-			_, err = gen.Release(ctx, c, l.lockKey, string(l.token))
-			aerr = rerr
-		}
-		next.pre = &handoffResult{res: acq, err: aerr, e0: e0, sent: sent}
-	}
-	if err == nil {
-		l.released.Store(true)
-		if w := l.watch.Load(); w != nil {
-			w.stop()
-		}
-	}
-	// Even after a failure the key may be free now: let the next waiter look.
-	m.keyEvent(l.lockKey, l, true)
-	if next != nil {
-		next.wake <- struct{}{}
-	}
+	l.readMu.Lock() // waits for a watch read in flight, if any
+	l.releasing.Store(true)
+	l.readMu.Unlock()
+	_, err := m.release(ctx, l, time.Now())
 	if err != nil {
+		l.releasing.Store(false)
+		if w := l.watch.Load(); w != nil {
+			w.poke() // it may have skipped a change while we released
+		}
 		return fmt.Errorf("lockredis: release %q: %w", l.key, m.mapErr(err))
+	}
+	l.released.Store(true)
+	if w := l.watch.Load(); w != nil {
+		w.stop()
 	}
 	return nil
 }
@@ -200,15 +177,17 @@ func (l *Lease) Release(ctx context.Context) error {
 //
 // The first call starts a watch: a goroutine that reads the key through
 // Redis client-side caching (one cached inspect), and again after every
-// invalidation of the key (a change by anyone, its expiry, a reconnect),
-// until the token in Redis is not this lease's. The watch ends at Release,
-// at loss, or at the Manager's Close; leases that never call Lost cost
-// nothing. Without invalidations (see Options) no goroutine is started and
-// the channel is closed only when Refresh finds the lease gone. The channel
-// is not closed by the lease's own Release.
+// invalidation of the key (a change by anyone, its expiry, a reconnect). A
+// cached reply may predate this lease, so a loss is decided only on a read
+// sent after the lease was won, never on a cached one. The watch ends at
+// Release, at loss, or at the Manager's Close; leases that never call Lost
+// cost nothing. Without invalidations (see Options) no goroutine is started
+// and the channel is closed only when Refresh finds the lease gone. The
+// channel is not closed by the lease's own Release. A nil lease's Lost
+// returns a closed channel.
 func (l *Lease) Lost() <-chan struct{} {
 	if l == nil {
-		return nil
+		return closedChan
 	}
 	if w := l.watch.Load(); w != nil {
 		return w.lost
@@ -223,22 +202,26 @@ func (l *Lease) Lost() <-chan struct{} {
 	if l.notHeld.Load() {
 		w.markLost()
 	}
-	m.closeMu.RLock()
-	if !m.notify || m.closed.Load() || l.released.Load() || l.notHeld.Load() {
-		m.closeMu.RUnlock()
+	if !m.notify || l.released.Load() || l.notHeld.Load() {
 		w.cancel()
 		return w.lost
 	}
-	s := m.shard(l.lockKey)
+	s := m.shard(l.k.lock)
 	s.mu.Lock()
-	ks := s.state(l.lockKey)
-	ks.watches = append(ks.watches, w)
+	s.keys[l.k.lock] = append(s.keys[l.k.lock], w)
 	s.mu.Unlock()
-	m.wg.Add(1)
-	m.closeMu.RUnlock()
-	go m.watchLoop(w)
+	if !m.goBackground(func() { m.watchLoop(w) }) {
+		m.dropWatch(w)
+		w.cancel()
+	}
 	return w.lost
 }
+
+var closedChan = func() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}()
 
 // watch is the state of one lease's Lost channel.
 type watch struct {
@@ -261,24 +244,71 @@ func (w *watch) markLost() { w.lostOnce.Do(func() { close(w.lost) }) }
 
 func (w *watch) stop() { w.cancel() }
 
-// watchLoop inspects the key after every invalidation until the lease is
-// seen lost or the watch is stopped.
-func (m *Manager) watchLoop(w *watch) {
-	defer m.wg.Done()
-	l := w.l
-	defer func() {
-		s := m.shard(l.lockKey)
+// shard holds the lease watches of the lock keys that hash to it.
+type shard struct {
+	mu   sync.Mutex
+	keys map[string][]*watch // by lock key
+}
+
+const numShards = 64
+
+func (m *Manager) shard(lockKey string) *shard {
+	return &m.shards[maphash.String(m.seed, lockKey)%numShards]
+}
+
+// pokeWatches wakes the watches of lockKey: it may have changed.
+func (m *Manager) pokeWatches(lockKey string) {
+	s := m.shard(lockKey)
+	s.mu.Lock()
+	for _, w := range s.keys[lockKey] {
+		w.poke()
+	}
+	s.mu.Unlock()
+}
+
+// pokeAllWatches wakes every watch: the connection was lost or the server
+// flushed its tracking table, so no registration can be trusted.
+func (m *Manager) pokeAllWatches() {
+	for i := range m.shards {
+		s := &m.shards[i]
 		s.mu.Lock()
-		if ks := s.keys[l.lockKey]; ks != nil {
-			for i, x := range ks.watches {
-				if x == w {
-					ks.watches = append(ks.watches[:i], ks.watches[i+1:]...)
-					break
-				}
+		for _, ws := range s.keys {
+			for _, w := range ws {
+				w.poke()
 			}
-			s.maybeDelete(l.lockKey, ks)
 		}
 		s.mu.Unlock()
+	}
+}
+
+func (m *Manager) dropWatch(w *watch) {
+	k := w.l.k.lock
+	s := m.shard(k)
+	s.mu.Lock()
+	ws := s.keys[k]
+	for i, x := range ws {
+		if x == w {
+			ws = append(ws[:i], ws[i+1:]...)
+			break
+		}
+	}
+	if len(ws) == 0 {
+		delete(s.keys, k)
+	} else {
+		s.keys[k] = ws
+	}
+	s.mu.Unlock()
+}
+
+// watchLoop reads the key after every invalidation until the lease is seen
+// lost or the watch is stopped. It sends no read while the lease's own
+// Release is in flight or done: such a read would register tracking of a
+// key nobody watches, and its cached reply could be served to a later lease
+// of the same key.
+func (m *Manager) watchLoop(w *watch) {
+	l := w.l
+	defer func() {
+		m.dropWatch(w)
 		w.cancel()
 	}()
 	var retry *time.Timer
@@ -289,31 +319,47 @@ func (m *Manager) watchLoop(w *watch) {
 	}()
 	backoff := time.Duration(0)
 	for {
-		// On the Manager's context, not the watch's: stopping a watch (at
-		// Release) must not cancel a request in flight on the shared
-		// connection, which rueidis may answer by dropping the connection or
-		// by failing a dial that concurrent callers are waiting on.
-		ins, err := gen.InspectCache(m.ctx, m.client, l.lockKey, inspectCacheTTL)
+		var retryC <-chan time.Time
 		if w.ctx.Err() != nil {
 			return
 		}
-		var retryC <-chan time.Time
-		switch {
-		case err == nil && (!ins.Held || ins.Token != string(l.token)):
-			w.markLost()
-			return
-		case err == nil:
-			backoff = 0
-		default:
-			// Redis unreachable for now (restarting, reconnecting): look
-			// again soon; a reconnect also arrives as an invalidation.
-			backoff = min(max(2*backoff, m.minBO), m.maxBO)
-			if retry == nil {
-				retry = time.NewTimer(backoff)
-			} else {
-				retry.Reset(backoff)
+		l.readMu.RLock()
+		if !l.releasing.Load() {
+			// On the Manager's context, not the watch's: stopping a watch
+			// (at Release) must not cancel a request in flight on the
+			// shared connection, which rueidis may answer by dropping it.
+			lost, err := m.seemsLost(l)
+			l.readMu.RUnlock()
+			if w.ctx.Err() != nil {
+				return
 			}
-			retryC = retry.C
+			switch {
+			case l.releasing.Load():
+				// Our own Release is under way: its write is no loss. If
+				// it fails, it pokes the watch to look again.
+			case err == nil && lost:
+				w.markLost()
+				return
+			case err == nil:
+				backoff = 0
+			default:
+				// Redis unreachable for now (restarting, reconnecting):
+				// look again soon; a reconnect also pokes.
+				backoff = min(max(2*backoff, m.minBO), m.maxBO)
+				if retry == nil {
+					retry = time.NewTimer(backoff)
+				} else {
+					retry.Reset(backoff)
+				}
+				retryC = retry.C
+			}
+		} else {
+			l.readMu.RUnlock()
+		}
+		select {
+		case <-w.ctx.Done():
+			return
+		default:
 		}
 		select {
 		case <-w.ping:
@@ -322,4 +368,24 @@ func (m *Manager) watchLoop(w *watch) {
 			return
 		}
 	}
+}
+
+// seemsLost reads l's key through the client-side cache, which also keeps
+// the key tracked. A cached reply saying another token (or none) holds the
+// key may be older than l itself (cached before l's own acquire, whose
+// invalidation is still on its way), so that answer is checked with an
+// uncached read, sent after l was won and so ordered after it.
+func (m *Manager) seemsLost(l *Lease) (bool, error) {
+	ins, err := gen.InspectCache(m.ctx, m.client, l.k.lock, inspectCacheTTL)
+	if err != nil {
+		return false, err
+	}
+	if ins.Held && ins.Token == string(l.token) {
+		return false, nil
+	}
+	ins, err = gen.Inspect(m.ctx, m.client, l.k.lock)
+	if err != nil {
+		return false, err
+	}
+	return !ins.Held || ins.Token != string(l.token), nil
 }

@@ -4,40 +4,34 @@
 //
 // For user key k and prefix p (default "klauthed:") the lease lives in the
 // Redis string p+"{"+k+"}" (its value is the lease's token, its PTTL the
-// lease's remaining time) and the fence counter in p+"{"+k+"}:fence". Both
-// names share a hash tag, so the same code works on one Redis and on Redis
-// Cluster. One exception: a key starting with "}" would make the tag empty,
-// which Redis Cluster ignores, so its names are p+"}{~}"+k+"}" and that plus
-// ":fence" (tag "~"); see LockKey. The prefix must not contain braces. The fence counter has no TTL: every distinct key ever locked
-// leaves one small integer key (about 60 bytes plus the key name) behind.
+// lease's remaining time), the fence counter in p+"{"+k+"}:fence", and the
+// key's waiting line in p+"{"+k+"}:line", ":line:deadlines" and
+// ":line:args". All share a hash tag, so the same code works on one Redis
+// and on Redis Cluster (see LockKey for keys that start with "}"). The prefix
+// must not contain braces. The fence counter has no TTL: every distinct key
+// ever locked leaves one small integer key (about 60 bytes plus the key name)
+// behind; the line's keys vanish when the line is empty.
 //
 // # Waiting
 //
-// Acquire on a held key does not poll. The waiters of one Manager on one key
-// form a FIFO queue, and at most one of them talks to Redis at a time; the
-// others are woken one by one. The one in front wakes on the first of:
+// Acquire on a held key does not poll. Its failed attempt takes a place in
+// the key's line in Redis, a FIFO shared by every process and language that
+// speaks protocol 2 of scripts/README.md. When the holder releases, the
+// release script hands the key to the line's head itself: it sets the lock to
+// the head's token, allocates its fence, and publishes "fence ttl token" on
+// the head's Manager's Pub/Sub channel, so the woken waiter holds the key
+// when it wakes and only the head's process is woken. A waiter of the
+// releasing Manager learns it from the release's reply instead. Waiters keep
+// their place alive by repeating the acquire every Options.LineTTL/3; an
+// entry not kept alive leaves the line after LineTTL. The head also tries
+// again when the holder's TTL ends, which covers holders that never release.
+// Where Pub/Sub is unavailable (a server or ACL without it), waiters poll
+// with exponential backoff from MinBackoff to MaxBackoff, never sleeping past
+// the holder's remaining TTL, and keep their place in line.
 //
-//   - a local hand-off, when a lease of the same Manager on the key is
-//     released: the release sends the front waiter's acquire right behind
-//     its compare-and-delete, in one round trip on one connection, so the
-//     waiter holds the key when Release returns (it waits on if another
-//     process's request got in between);
-//   - a Redis client-side caching invalidation of the key (its release,
-//     expiry, or any other change by another process), which the Manager
-//     subscribes to with a cached read-only inspect of the key whenever the
-//     holder is not one of its own leases;
-//   - a timer at the holder's remaining TTL (the acquire script replies it),
-//     which covers holders that never release.
-//
-// When client-side caching is unavailable (ClientOption.DisableCache, a
-// managed Redis that forbids CLIENT TRACKING, miniredis, or NewWithClient
-// without forwarded invalidations), releases by other processes are found
-// by polling with exponential backoff from MinBackoff to MaxBackoff, never
-// sleeping past the holder's remaining TTL; local hand-offs stay immediate.
-//
-// Under contention inside one process an acquisition costs two Redis
-// commands (acquire and release); a waiter that loses to another process
-// spends one failed acquire and, at most, one cached inspect more.
+// Waiters are served in the order their first attempt reached Redis, across
+// processes. TryAcquire never joins the line and does not take a key that the
+// line is waiting for.
 //
 // # Replication and failover
 //
@@ -46,12 +40,14 @@
 // holder may be admitted and fences may repeat. Options.WaitReplicas sends
 // WAIT with each acquisition and refresh and fails them with
 // ErrNotReplicated when too few replicas acknowledged; this narrows the
-// window but, as the Redis documentation of WAIT says, does not make Redis
-// strongly consistent (see Options.WaitReplicas).
+// window but does not make Redis strongly consistent (see the README's
+// "Replication and failover" section).
 package lockredis
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash/maphash"
@@ -61,7 +57,6 @@ import (
 	"time"
 
 	"github.com/klauthed/lock"
-	"github.com/klauthed/lock/gen"
 	"github.com/redis/rueidis"
 )
 
@@ -70,22 +65,22 @@ const DefaultPrefix = "klauthed:"
 
 const (
 	// DefaultMinBackoff and DefaultMaxBackoff bound the polling interval of
-	// waiters when invalidations are unavailable.
+	// waiters when Pub/Sub is unavailable.
 	DefaultMinBackoff = time.Millisecond
 	DefaultMaxBackoff = 50 * time.Millisecond
 
-	// DefaultCleanupTimeout bounds the release sent after an Acquire or
-	// TryAcquire whose context ended while its request was in flight.
+	// DefaultCleanupTimeout bounds the release sent, in the background,
+	// after an Acquire or TryAcquire whose context ended while it waited or
+	// while its request was in flight.
 	DefaultCleanupTimeout = time.Second
+
+	// DefaultLineTTL is how long a waiter's place in a key's line lasts
+	// without being kept alive, when Options.LineTTL is zero.
+	DefaultLineTTL = 3 * time.Second
 
 	// inspectCacheTTL bounds how long rueidis may serve a cached inspect
 	// reply from memory; the entry is dropped earlier by any invalidation.
 	inspectCacheTTL = time.Minute
-
-	// unknownTTLWait is how long a waiter sleeps, when invalidations are
-	// available, for a holder whose key has no expiry (set by someone other
-	// than these scripts).
-	unknownTTLWait = time.Second
 )
 
 // Options configures a Manager. The zero value of every field means its
@@ -94,82 +89,55 @@ const (
 type Options struct {
 	// ClientOption configures the rueidis client that New builds. Pass
 	// several InitAddress entries (or one node of a cluster) for Redis
-	// Cluster. New installs its own OnInvalidations hook and calls the
-	// caller's hook, if any, after it. Set DisableCache for servers without
-	// client-side caching (RESP2-only, some managed offerings, miniredis):
-	// waiting then polls with backoff. Ignored by NewWithClient.
-	//
-	// A context that ends while its call is in flight can make rueidis, in
-	// its default mode, drop the shared connection (when that call was the
-	// only one in flight) so that concurrent callers reconnect, and a
-	// caller waiting on a dial started by a cancelled call may fail with
-	// it. Set AlwaysPipelining to keep the connection through such
-	// cancellations; it cost about 8% in sequential acquire+release latency
-	// here and nothing measurable under concurrency.
+	// Cluster. New installs its own OnInvalidations hook (used by
+	// Lease.Lost) and calls the caller's hook, if any, after it. Set
+	// DisableCache for servers without client-side caching; Lost then
+	// reports a loss only when Refresh finds it. Ignored by NewWithClient.
+	// AlwaysPipelining keeps the shared connection through cancelled calls
+	// (see the README's "Cancelled calls" section).
 	ClientOption rueidis.ClientOption
 
 	// Prefix is put before every key name. Empty means DefaultPrefix. All
 	// processes (and other languages) sharing locks must use the same prefix.
 	Prefix string
 
-	// MinBackoff and MaxBackoff bound the polling interval of a waiter
-	// whose holder is in another process when invalidations are
-	// unavailable: it starts at MinBackoff and doubles up to MaxBackoff,
-	// never sleeping past the holder's remaining TTL. Zero means
+	// LineTTL is how long a waiter's place in a key's line lasts unless the
+	// waiter keeps it alive, which Acquire does every LineTTL/3 while it
+	// waits. It bounds how long a waiter whose process died (or stopped)
+	// stays in line. Zero means DefaultLineTTL; it must be at least 30ms.
+	LineTTL time.Duration
+
+	// MinBackoff and MaxBackoff bound the polling interval of a waiter when
+	// Pub/Sub is unavailable: it starts at MinBackoff and doubles up to
+	// MaxBackoff, never sleeping past the holder's remaining TTL. Zero means
 	// DefaultMinBackoff and DefaultMaxBackoff. MinBackoff must not exceed
 	// MaxBackoff.
 	MinBackoff, MaxBackoff time.Duration
 
-	// CleanupTimeout bounds the release that Acquire and TryAcquire send,
-	// on a context of their own, when the caller's context ended while the
-	// acquire request was in flight (the lock may have been taken for a
-	// caller who is no longer there). Zero means DefaultCleanupTimeout;
-	// negative disables the release, leaving such a lock to its TTL.
+	// CleanupTimeout bounds the release that Acquire and TryAcquire send, in
+	// the background after they returned, when the caller's context ended
+	// while they waited or while a request was in flight (the key may have
+	// been taken, or handed, to a caller who is no longer there). Zero means
+	// DefaultCleanupTimeout; negative disables the release, leaving such a
+	// lock to its TTL and such a place in line to LineTTL.
 	CleanupTimeout time.Duration
 
-	// InvalidationsForwarded, for NewWithClient only, says that the
-	// client has client-side caching enabled and that its
+	// InvalidationsForwarded, for NewWithClient only, says that the client
+	// has client-side caching enabled and that its
 	// ClientOption.OnInvalidations calls the Manager's HandleInvalidations.
-	// Without it a Manager from NewWithClient polls as if DisableCache
-	// were set.
+	// Without it, Lost on leases of a Manager from NewWithClient reports a
+	// loss only when Refresh finds it.
 	InvalidationsForwarded bool
 
 	// WaitReplicas, when positive, makes every acquisition (TryAcquire, and
-	// each winning attempt of Acquire) and every Refresh wait until at
-	// least this many replicas of the primary holding the key acknowledged
-	// the write: the script and WAIT WaitReplicas WaitTimeout are sent
-	// together in one batch, which rueidis runs on one dedicated
-	// connection (WAIT is a blocking command), so WAIT covers the script's
-	// write. Zero (the default) sends no WAIT; negative is invalid.
-	//
-	// An acquisition that fewer replicas acknowledged within WaitTimeout is
-	// undone (the lock is deleted if it still holds the new token, best
-	// effort, bounded by CleanupTimeout, else it ends at its TTL) and
-	// returns an error wrapping ErrNotReplicated with the counts; Acquire
-	// stops waiting then. Such a Refresh returns the error too but leaves
-	// the lease extended on the primary: the caller may retry, carry on, or
-	// Release.
-	//
-	// What it buys: a lock (and its fence) that a replica acknowledged is
-	// on that replica when the call returns, so a failover that promotes
-	// that replica keeps the lock and the fence sequence. What it does not:
-	// the Redis documentation of WAIT says that it "does not make Redis a
-	// strongly consistent store"; Sentinel and Cluster promote the best
-	// replica they can reach, best effort, so a failover may still promote
-	// one that did not acknowledge, and the lock and the last fence are
-	// then lost (fences given out later may repeat). A replica
-	// acknowledges having received the write, not having persisted it.
-	//
-	// The cost: each acquisition and refresh waits for the replicas (one
-	// replication round trip on top of the script's) and takes a
-	// connection from rueidis's blocking pool (ClientOption.BlockingPoolSize)
-	// for that time. A failed attempt on a held key also carries the WAIT;
-	// it returns at once while enough replicas are connected and have
-	// acknowledged this connection's earlier writes, else after
-	// WaitTimeout (so does the EVALSHA that met NOSCRIPT before the EVAL
-	// retry). The Redis user needs the WAIT command (ACL +wait).
-	// On Redis Cluster WAIT goes to the node that ran the script; a MOVED
-	// redirect of the script during a slot migration is not covered.
+	// Acquire however it won) and every Refresh wait until at least this
+	// many replicas acknowledged the write, by sending WAIT WaitReplicas
+	// WaitTimeout in the same batch, on one connection. An acquisition that
+	// too few acknowledged is undone (best effort, else it ends at its TTL)
+	// and returns an error wrapping ErrNotReplicated; such a Refresh returns
+	// the error and leaves the lease extended. Zero (the default) sends no
+	// WAIT; negative is invalid. The Redis user needs +wait. What it buys and
+	// what it does not: the README's "Replication and failover" section.
 	WaitReplicas int
 
 	// WaitTimeout bounds how long WAIT waits for the replicas, rounded up
@@ -186,22 +154,26 @@ type Manager struct {
 	client    rueidis.Client
 	ownClient bool
 	prefix    string
-	notify    bool // invalidations arrive for keys this Manager inspects
+	channel   string // this Manager's Pub/Sub channel for hand-offs
+	notify    bool   // invalidations arrive for keys this Manager inspects
+	lineTTL   time.Duration
 	minBO     time.Duration
 	maxBO     time.Duration
 	cleanup   time.Duration
 	waitN     int64 // Options.WaitReplicas
 	waitMS    int64 // Options.WaitTimeout in whole milliseconds
 
-	seed   maphash.Seed
-	shards [numShards]shard
+	seed    maphash.Seed
+	shards  [numShards]shard        // lease watches, by lock key
+	waiting [numShards]waiterShard  // Acquire calls in line, by token
+	pushed  atomic.Bool             // subscribed: hand-offs arrive as pushes
 
 	closed  atomic.Bool
 	closeMu sync.RWMutex // orders wg.Add against Close
 	done    chan struct{}
-	ctx     context.Context // cancelled by Close; parent of watch contexts
+	ctx     context.Context // cancelled by Close; parent of background work
 	cancel  context.CancelFunc
-	wg      sync.WaitGroup // watch goroutines
+	wg      sync.WaitGroup // watches, the subscriber, cleanups
 }
 
 var _ lock.Manager = (*Manager)(nil)
@@ -210,9 +182,10 @@ var _ lock.Manager = (*Manager)(nil)
 // that owns it (Close closes it).
 //
 // It installs the Manager's invalidation hook as
-// opts.ClientOption.OnInvalidations (calling the caller's hook after it).
-// On failure (bad options, Redis unreachable, or a server without RESP3
-// while DisableCache is false) it returns the error and nothing to close.
+// opts.ClientOption.OnInvalidations (calling the caller's hook after it),
+// and subscribes, in the background, to the Manager's hand-off channel. On
+// failure (bad options, Redis unreachable, or a server without RESP3 while
+// DisableCache is false) it returns the error and nothing to close.
 func New(opts Options) (*Manager, error) {
 	m, err := newManager(opts)
 	if err != nil {
@@ -234,21 +207,17 @@ func New(opts Options) (*Manager, error) {
 	m.client = c
 	m.ownClient = true
 	m.notify = !co.DisableCache
+	m.start()
 	return m, nil
 }
 
 // NewWithClient returns a Manager on a client the caller built and keeps
-// owning: Close does not close c.
-//
-// The cost: the Manager cannot install an invalidation hook on a client that
-// already exists, so unless opts.InvalidationsForwarded is set (c has
-// client-side caching on and its OnInvalidations calls HandleInvalidations),
-// waiters for locks held by other processes poll with backoff (see Options)
-// instead of waking on the release. Hand-offs between leases of the same
-// Manager stay immediate. opts.ClientOption is ignored.
+// owning: Close does not close c. Waiting works as with New (hand-offs
+// arrive over Pub/Sub on c); Lease.Lost sees losses early only with
+// opts.InvalidationsForwarded. opts.ClientOption is ignored.
 func NewWithClient(c rueidis.Client, opts Options) (*Manager, error) {
 	if c == nil {
-		return nil, fmt.Errorf("%w: nil client", lock.ErrInvalidOptions)
+		return nil, fmt.Errorf("%w: lockredis: nil client", lock.ErrInvalidOptions)
 	}
 	m, err := newManager(opts)
 	if err != nil {
@@ -256,6 +225,7 @@ func NewWithClient(c rueidis.Client, opts Options) (*Manager, error) {
 	}
 	m.client = c
 	m.notify = opts.InvalidationsForwarded
+	m.start()
 	return m, nil
 }
 
@@ -264,7 +234,8 @@ func newManager(opts Options) (*Manager, error) {
 		opts.Prefix = DefaultPrefix
 	}
 	if strings.ContainsAny(opts.Prefix, "{}") {
-		return nil, fmt.Errorf("%w: Prefix %q contains a brace, which would change the keys' hash tag", lock.ErrInvalidOptions, opts.Prefix)
+		return nil, fmt.Errorf("%w: lockredis: Prefix %q contains a brace, which would "+
+			"change the keys' hash tag", lock.ErrInvalidOptions, opts.Prefix)
 	}
 	if opts.MinBackoff == 0 {
 		opts.MinBackoff = DefaultMinBackoff
@@ -273,22 +244,35 @@ func newManager(opts Options) (*Manager, error) {
 		opts.MaxBackoff = DefaultMaxBackoff
 	}
 	if opts.MinBackoff < 0 || opts.MaxBackoff < opts.MinBackoff {
-		return nil, fmt.Errorf("%w: want 0 < MinBackoff (%v) <= MaxBackoff (%v)", lock.ErrInvalidOptions, opts.MinBackoff, opts.MaxBackoff)
+		return nil, fmt.Errorf("%w: lockredis: want 0 < MinBackoff (%v) <= MaxBackoff (%v)",
+			lock.ErrInvalidOptions, opts.MinBackoff, opts.MaxBackoff)
+	}
+	if opts.LineTTL == 0 {
+		opts.LineTTL = DefaultLineTTL
+	}
+	if opts.LineTTL < minLineTTL || opts.LineTTL > lock.MaxTTL {
+		return nil, fmt.Errorf("%w: lockredis: LineTTL %v: want %v to %v",
+			lock.ErrInvalidOptions, opts.LineTTL, minLineTTL, lock.MaxTTL)
 	}
 	if opts.CleanupTimeout == 0 {
 		opts.CleanupTimeout = DefaultCleanupTimeout
 	}
 	if opts.WaitReplicas < 0 || opts.WaitTimeout < 0 {
-		return nil, fmt.Errorf("%w: want WaitReplicas (%d) and WaitTimeout (%v) >= 0", lock.ErrInvalidOptions, opts.WaitReplicas, opts.WaitTimeout)
+		return nil, fmt.Errorf("%w: lockredis: want WaitReplicas (%d) and WaitTimeout (%v) >= 0",
+			lock.ErrInvalidOptions, opts.WaitReplicas, opts.WaitTimeout)
 	}
 	if opts.WaitTimeout == 0 {
 		opts.WaitTimeout = DefaultWaitTimeout
 	}
+	var id [12]byte
+	_, _ = rand.Read(id[:]) // crypto/rand.Read never fails (Go 1.24+)
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &Manager{
 		waitN:   int64(opts.WaitReplicas),
 		waitMS:  int64((opts.WaitTimeout + time.Millisecond - 1) / time.Millisecond),
 		prefix:  opts.Prefix,
+		channel: opts.Prefix + "wake:" + hex.EncodeToString(id[:]),
+		lineTTL: opts.LineTTL.Truncate(time.Millisecond),
 		minBO:   opts.MinBackoff,
 		maxBO:   opts.MaxBackoff,
 		cleanup: opts.CleanupTimeout,
@@ -298,10 +282,15 @@ func newManager(opts Options) (*Manager, error) {
 		cancel:  cancel,
 	}
 	for i := range m.shards {
-		m.shards[i].keys = make(map[string]*keyState)
+		m.shards[i].keys = make(map[string][]*watch)
+		m.waiting[i].m = make(map[lock.Token]*waiter)
 	}
 	return m, nil
 }
+
+// minLineTTL is the shortest Options.LineTTL: waiters keep their place every
+// LineTTL/3, which must leave room for a round trip.
+const minLineTTL = 30 * time.Millisecond
 
 // Client returns the rueidis client the Manager uses.
 func (m *Manager) Client() rueidis.Client {
@@ -311,11 +300,13 @@ func (m *Manager) Client() rueidis.Client {
 	return m.client
 }
 
-// Close stops the Manager: waiting Acquire calls return lock.ErrClosed,
-// lease watches stop, and, for a Manager from New, the rueidis client is
-// closed, so calls in flight return lock.ErrClosed too. Leases still held
-// are not released; they end at their TTL. Close is idempotent and returns
-// nil; on a nil Manager it returns lock.ErrClosed.
+// Close stops the Manager: waiting Acquire calls return lock.ErrClosed (their
+// places in line end after LineTTL), lease watches stop, background releases
+// still in flight finish (each bounded by CleanupTimeout), and, for a Manager
+// from New, the rueidis client is closed, so calls in flight return
+// lock.ErrClosed too. Leases still held are not released; they end at their
+// TTL. Close is idempotent and returns nil; on a nil Manager it returns
+// lock.ErrClosed.
 func (m *Manager) Close() error {
 	if m == nil {
 		return lock.ErrClosed
@@ -330,23 +321,29 @@ func (m *Manager) Close() error {
 	m.closeMu.Unlock()
 	m.cancel()
 	m.wg.Wait()
-	for i := range m.shards {
-		s := &m.shards[i]
-		s.mu.Lock()
-		for _, ks := range s.keys {
-			if ks.timer != nil {
-				ks.timer.Stop()
-			}
-		}
-		s.mu.Unlock()
-	}
 	if m.ownClient {
 		m.client.Close()
 	}
 	return nil
 }
 
-// HandleInvalidations wakes the waiters and lease watches of the keys in
+// goBackground runs f in a goroutine that Close waits for, unless the
+// Manager is closed already; it reports whether f was started.
+func (m *Manager) goBackground(f func()) bool {
+	m.closeMu.RLock()
+	defer m.closeMu.RUnlock()
+	if m.closed.Load() {
+		return false
+	}
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		f()
+	}()
+	return true
+}
+
+// HandleInvalidations wakes the lease watches (Lease.Lost) of the keys in
 // msgs, the argument of rueidis's ClientOption.OnInvalidations; nil means
 // every key (a reconnect or FLUSHALL). New installs it itself; call it only
 // from the hook of a client passed to NewWithClient. It does no I/O and
@@ -356,7 +353,7 @@ func (m *Manager) HandleInvalidations(msgs []rueidis.RedisMessage) {
 		return
 	}
 	if msgs == nil {
-		m.eventAll()
+		m.pokeAllWatches()
 		return
 	}
 	for i := range msgs {
@@ -364,50 +361,64 @@ func (m *Manager) HandleInvalidations(msgs []rueidis.RedisMessage) {
 		if err != nil || !strings.HasPrefix(k, m.prefix) {
 			continue
 		}
-		m.keyEvent(k, nil, true)
+		m.pokeWatches(k)
 	}
 }
 
-// keys returns the lock key and the fence key of key in one allocation:
-// prefix+"{"+key+"}" and that plus ":fence". A key starting with "}" would
-// give an empty hash tag "{}", which Redis Cluster ignores (it then hashes
-// the whole name, putting the two names in different slots); such a key
-// gets prefix+"}{~}"+key+"}" instead, whose tag is "~". No other key can
-// produce that name (every other lock key continues the prefix with "{").
-func (m *Manager) keys(key string) (lockKey, fenceKey string) {
-	open := "{"
-	if key[0] == '}' {
-		open = emptyTagOpen
-	}
-	var b strings.Builder
-	b.Grow(len(m.prefix) + len(open) + len(key) + len("}:fence"))
-	b.WriteString(m.prefix)
-	b.WriteString(open)
-	b.WriteString(key)
-	b.WriteString("}:fence")
-	fenceKey = b.String()
-	return fenceKey[:len(fenceKey)-len(":fence")], fenceKey
-}
-
-// emptyTagOpen starts the names of keys that begin with "}"; see keys.
-const emptyTagOpen = "}{~}"
-
-// LockKey returns the Redis name of key's lock for prefix: prefix+"{"+key+"}",
-// or prefix+"}{~}"+key+"}" when key starts with "}" (see the package
-// documentation). The fence counter is LockKey(prefix, key)+":fence". It
-// does not validate its arguments.
+// LockKey returns the Redis name of key's lock for prefix: prefix+"{"+key+"}".
+// A key starting with "}" would give an empty hash tag "{}", which Redis
+// Cluster ignores (it would then hash the whole name, putting the lock and
+// its fence counter in different slots), so such a key is named
+// prefix+"}{~}"+key+"}" instead, whose tag is "~"; no other key can produce
+// that name. The key's other names append ":fence", ":line",
+// ":line:deadlines" and ":line:args". LockKey does not validate its
+// arguments.
 func LockKey(prefix, key string) string {
-	if key != "" && key[0] == '}' {
-		return prefix + emptyTagOpen + key + "}"
-	}
-	return prefix + "{" + key + "}"
+	return string(names(prefix, key, ""))
 }
 
-// newLease validates key and ttl and makes the lease an acquire would
+// names returns prefix, the opening of the hash tag, key, "}" and suffix,
+// in one allocation; see LockKey.
+func names(prefix, key, suffix string) []byte {
+	open := "{"
+	if key != "" && key[0] == '}' {
+		open = "}{~}"
+	}
+	b := make([]byte, 0, len(prefix)+len(open)+len(key)+1+len(suffix))
+	b = append(b, prefix...)
+	b = append(b, open...)
+	b = append(b, key...)
+	b = append(b, '}')
+	return append(b, suffix...)
+}
+
+// keys is the set of Redis names of one user key, as the scripts take them.
+type keys struct {
+	lock, fence, line, lineDeadlines, lineArgs string
+}
+
+func (m *Manager) keys(key string) keys {
+	// One string holds the lock, line and deadline names as prefixes.
+	long := string(names(m.prefix, key, ":line:deadlines"))
+	n := len(long) - len(":line:deadlines")
+	base := long[:n]
+	return keys{
+		lock:          base,
+		fence:         base + ":fence",
+		line:          long[:n+len(":line")],
+		lineDeadlines: long,
+		lineArgs:      base + ":line:args",
+	}
+}
+
+// newLease validates ctx, key and ttl and makes the lease an acquire would
 // return, before any I/O.
-func (m *Manager) newLease(key string, ttl time.Duration) (*Lease, error) {
+func (m *Manager) newLease(ctx context.Context, key string, ttl time.Duration) (*Lease, error) {
 	if m == nil || m.closed.Load() {
 		return nil, lock.ErrClosed
+	}
+	if err := lock.ValidateContext(ctx); err != nil {
+		return nil, err
 	}
 	if err := lock.ValidateKey(key); err != nil {
 		return nil, err
@@ -415,158 +426,7 @@ func (m *Manager) newLease(key string, ttl time.Duration) (*Lease, error) {
 	if err := lock.ValidateTTL(ttl, lock.MaxTTL); err != nil {
 		return nil, err
 	}
-	l := &Lease{m: m, key: key, token: lock.NewToken()}
-	l.lockKey, l.fenceKey = m.keys(key)
-	return l, nil
-}
-
-// TryAcquire makes one attempt to take key for ttl (truncated to whole
-// milliseconds): one EVALSHA of the acquire script.
-//
-// On success it returns a *Lease (as lock.Lease) and true. When another live
-// holder owns key it returns (nil, false, nil) and changes nothing; it does
-// not queue behind this Manager's waiters. Bad input returns an error
-// wrapping lock.ErrInvalidKey or lock.ErrInvalidTTL before any I/O; a closed
-// or nil Manager returns lock.ErrClosed. On backend failure it returns the
-// error; if ctx ended while the request was in flight, the lock it may have
-// taken is released (bounded by Options.CleanupTimeout), otherwise such a
-// lock ends at its TTL. With Options.WaitReplicas set, a win that too few
-// replicas acknowledged is undone and returns an error wrapping
-// ErrNotReplicated (see Options.WaitReplicas).
-func (m *Manager) TryAcquire(ctx context.Context, key string, ttl time.Duration) (lock.Lease, bool, error) {
-	l, err := m.newLease(key, ttl)
-	if err != nil {
-		return nil, false, err
-	}
-	res, err := m.attempt(ctx, l, ttl)
-	if err != nil {
-		return nil, false, fmt.Errorf("lockredis: acquire %q: %w", key, err)
-	}
-	if !res.Acquired {
-		return nil, false, nil
-	}
-	l.fence = res.Fence
-	m.noteHolder(l, ttl)
-	return l, true, nil
-}
-
-// Acquire waits until it holds key for ttl (truncated to whole
-// milliseconds), or until ctx is done. Waiting does not poll; see the
-// package documentation.
-//
-// On success it returns a *Lease (as lock.Lease). When ctx ends first, the
-// error wraps both lock.ErrNotAcquired and ctx.Err(), and the caller holds
-// nothing (a lock won by a request in flight at that moment is released,
-// bounded by Options.CleanupTimeout). When the Manager is closed while
-// waiting it returns lock.ErrClosed. Bad input and backend failures are
-// returned as by TryAcquire; a backend failure ends the wait, and so does
-// ErrNotReplicated (Options.WaitReplicas).
-func (m *Manager) Acquire(ctx context.Context, key string, ttl time.Duration) (lock.Lease, error) {
-	l, err := m.newLease(key, ttl)
-	if err != nil {
-		return nil, err
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, notAcquired(key, err)
-	}
-	s := m.shard(l.lockKey)
-
-	// Fast path: nobody of this Manager is waiting for key, so try at once
-	// without registering anything.
-	s.mu.Lock()
-	ks := s.keys[l.lockKey]
-	queued := ks != nil && (len(ks.q) > 0 || ks.active > 0)
-	var w *waiter
-	if queued {
-		w = newWaiter(l, ttl)
-		ks.q = append(ks.q, w)
-	}
-	s.mu.Unlock()
-	if !queued {
-		res, err := m.attempt(ctx, l, ttl)
-		if err != nil {
-			return nil, m.acquireErr(ctx, key, err)
-		}
-		if res.Acquired {
-			l.fence = res.Fence
-			m.noteHolder(l, ttl)
-			return l, nil
-		}
-		w = newWaiter(l, ttl)
-		s.mu.Lock()
-		ks = s.state(l.lockKey)
-		var e0 uint64
-		if len(ks.q) > 0 || ks.active > 0 {
-			// Another waiter already handles the key: queue behind it.
-			ks.q = append(ks.q, w)
-			queued = true
-		} else {
-			// Events before this point were not counted for us; wait
-			// covers that gap with its inspect, or with the local
-			// holder's hand-off (a holder is recorded only in an entry
-			// that has existed since it acquired).
-			ks.active++
-			e0 = ks.events
-		}
-		s.mu.Unlock()
-		if !queued {
-			return m.wait(ctx, l, ttl, w, false, e0, res.TTL, true)
-		}
-	}
-	return m.wait(ctx, l, ttl, w, true, 0, 0, false)
-}
-
-// attempt runs the acquire script once for l. If ctx ended while the request
-// was in flight it releases whatever the request may have taken before
-// returning the error.
-func (m *Manager) attempt(ctx context.Context, l *Lease, ttl time.Duration) (gen.AcquireResult, error) {
-	var res gen.AcquireResult
-	var err error
-	// A lease won by this request has its TTL counted from no earlier
-	// than now; a failed attempt's stamp is overwritten by the next one.
-	l.sent = time.Now()
-	if m.waitN > 0 {
-		res, err = m.acquireReplicated(ctx, l, ttl)
-	} else {
-		res, err = gen.Acquire(ctx, m.client, l.lockKey, l.fenceKey, string(l.token), ttl)
-	}
-	if err == nil {
-		return res, nil
-	}
-	if m.closed.Load() {
-		return res, lock.ErrClosed
-	}
-	if (ctx.Err() != nil || isCtxErr(err)) && m.cleanup > 0 {
-		m.cleanupAcquire(ctx, l, ttl)
-	}
-	return res, err
-}
-
-// cleanupAcquire releases, synchronously and on a context of its own, a lock
-// that an acquire request abandoned in flight may have taken. The release
-// script deletes the key only if it holds l's token, so it never frees
-// another holder. If the release reaches Redis before the acquire (possible
-// only with several connections per node) the lock ends at its TTL.
-func (m *Manager) cleanupAcquire(ctx context.Context, l *Lease, ttl time.Duration) {
-	d := min(m.cleanup, ttl)
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d)
-	defer cancel()
-	_, _ = gen.Release(cctx, m.client, l.lockKey, string(l.token))
-}
-
-func (m *Manager) acquireErr(ctx context.Context, key string, err error) error {
-	if errors.Is(err, lock.ErrClosed) || m.closed.Load() {
-		return lock.ErrClosed
-	}
-	if cerr := ctx.Err(); cerr != nil {
-		return notAcquired(key, cerr)
-	}
-	if isCtxErr(err) {
-		// rueidis enforces the context's deadline itself and may report it
-		// a moment before ctx.Err does.
-		return notAcquired(key, err)
-	}
-	return fmt.Errorf("lockredis: acquire %q: %w", key, err)
+	return &Lease{m: m, key: key, token: lock.NewToken(), k: m.keys(key)}, nil
 }
 
 func isCtxErr(err error) bool {

@@ -40,46 +40,30 @@ func (m *Manager) notReplicated(res rueidis.RedisResult) error {
 	return nil
 }
 
-// acquireReplicated is gen.Acquire followed by WAIT in one batch on one
-// connection (EVAL instead of EVALSHA after NOSCRIPT). When the script took
-// the lock but WAIT reports fewer than waitN acknowledgements, or failed, it
-// releases the lock (best effort, on a short context of its own) and returns
-// the error. A batch that did not take the lock returns its result and
-// ignores WAIT's reply.
-func (m *Manager) acquireReplicated(ctx context.Context, l *Lease, ttl time.Duration) (gen.AcquireResult, error) {
-	c := m.client
-	tok := string(l.token)
-	res := c.DoMulti(ctx, gen.AcquireCmd(c, l.lockKey, l.fenceKey, tok, ttl), m.waitCmd())
+// acquireReplicated is attempt's acquire script followed by WAIT in one
+// batch on one connection (EVAL instead of EVALSHA after NOSCRIPT). When the
+// script took the lock but WAIT reports fewer than waitN acknowledgements,
+// or failed, it releases the lock (in the background, bounded by
+// CleanupTimeout) and returns the error. A batch that did not take the lock
+// returns its result and ignores WAIT's reply.
+func (m *Manager) acquireReplicated(ctx context.Context, l *Lease, ttl, lineTTL time.Duration) (gen.AcquireResult, error) {
+	c, k, tok := m.client, &l.k, string(l.token)
+	res := c.DoMulti(ctx, gen.AcquireCmd(c, k.lock, k.fence, k.line, k.lineDeadlines, k.lineArgs,
+		tok, ttl, lineTTL, m.channel), m.waitCmd())
 	r, err := gen.ParseAcquire(res[0])
 	if re, ok := rueidis.IsRedisErr(err); ok && re.IsNoScript() {
-		res = c.DoMulti(ctx, gen.AcquireEvalCmd(c, l.lockKey, l.fenceKey, tok, ttl), m.waitCmd())
+		res = c.DoMulti(ctx, gen.AcquireEvalCmd(c, k.lock, k.fence, k.line, k.lineDeadlines,
+			k.lineArgs, tok, ttl, lineTTL, m.channel), m.waitCmd())
 		r, err = gen.ParseAcquire(res[0])
 	}
 	if err != nil || !r.Acquired {
 		return r, err
 	}
 	if err := m.notReplicated(res[1]); err != nil {
-		if !isCtxErr(err) || m.cleanup <= 0 {
-			// A context error is cleaned up by attempt, within
-			// CleanupTimeout; everything else is released here.
-			m.releaseUnreplicated(ctx, l, ttl)
-		}
+		m.releaseLater(l)
 		return gen.AcquireResult{}, err
 	}
 	return r, nil
-}
-
-// releaseUnreplicated deletes l's lock if it still holds l's token, on a
-// context of its own bounded by CleanupTimeout (DefaultCleanupTimeout when
-// that is disabled) and by ttl. On failure the lock ends at its TTL.
-func (m *Manager) releaseUnreplicated(ctx context.Context, l *Lease, ttl time.Duration) {
-	d := m.cleanup
-	if d <= 0 {
-		d = DefaultCleanupTimeout
-	}
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), min(d, ttl))
-	defer cancel()
-	_, _ = gen.Release(cctx, m.client, l.lockKey, string(l.token))
 }
 
 // refreshReplicated is gen.Refresh followed by WAIT in one batch on one
@@ -89,10 +73,10 @@ func (m *Manager) releaseUnreplicated(ctx context.Context, l *Lease, ttl time.Du
 func (m *Manager) refreshReplicated(ctx context.Context, l *Lease, ttl time.Duration) (gen.RefreshResult, error) {
 	c := m.client
 	tok := string(l.token)
-	res := c.DoMulti(ctx, gen.RefreshCmd(c, l.lockKey, tok, ttl), m.waitCmd())
+	res := c.DoMulti(ctx, gen.RefreshCmd(c, l.k.lock, tok, ttl), m.waitCmd())
 	r, err := gen.ParseRefresh(res[0])
 	if re, ok := rueidis.IsRedisErr(err); ok && re.IsNoScript() {
-		res = c.DoMulti(ctx, gen.RefreshEvalCmd(c, l.lockKey, tok, ttl), m.waitCmd())
+		res = c.DoMulti(ctx, gen.RefreshEvalCmd(c, l.k.lock, tok, ttl), m.waitCmd())
 		r, err = gen.ParseRefresh(res[0])
 	}
 	if err != nil || !r.Refreshed {

@@ -201,6 +201,29 @@ func mustBeFree(t *testing.T, m lock.Manager, key string) {
 	release(t, mustTake(t, m, key, time.Second))
 }
 
+// mustBeFreeSoon fails t unless key can be taken on m within prompt. It is
+// for keys whose last user gave up waiting: a backend may clean up after an
+// Acquire that returned at its context's end in the background, so a key
+// handed to that caller meanwhile is free again only a moment later.
+func mustBeFreeSoon(t *testing.T, m lock.Manager, key string) {
+	t.Helper()
+	deadline := time.Now().Add(prompt)
+	for {
+		l, ok, err := m.TryAcquire(ctx(t), key, time.Second)
+		if err != nil {
+			t.Fatalf("TryAcquire(%q) = %v", key, err)
+		}
+		if ok {
+			release(t, l)
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("key %q still held %v after its last waiter gave up", key, prompt)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 // release releases l and fails t on an error.
 func release(t *testing.T, l lock.Lease) {
 	t.Helper()

@@ -1,51 +1,92 @@
 -- name: acquire
--- keys: lock_key, fence_key
--- argv: token string, ttl duration_ms
--- reply: acquired bool, fence uint64, ttl duration_ms
+-- keys: lock_key, fence_key, line_key, line_deadlines_key, line_args_key
+-- argv: token string, ttl duration_ms, line_ttl duration_ms, channel string
+-- reply: acquired bool, fence uint64, ttl duration_ms, position int64
 -- readonly: false
--- error: ERR wrong number of keys: want 2 (lock key, fence key)
+-- error: ERR wrong number of keys: want 5 (lock, fence, line, line deadlines, line args)
 -- error: ERR invalid token: want a non-empty string
 -- error: ERR invalid ttl: want an integer number of milliseconds from 1 to 31536000000
--- error: WRONGTYPE when either key holds a value that is not a string
+-- error: ERR invalid line ttl: want an integer number of milliseconds from 0 to 31536000000
+-- error: WRONGTYPE when a key holds a value of another type than the protocol's
 --
--- Takes the lock KEYS[1] for the token ARGV[1] for ARGV[2] milliseconds and
--- replies {acquired, fence, ttl}:
---   - KEYS[1] absent: SET KEYS[1] to the token with NX PX ttl, INCR the fence
---     counter KEYS[2]; reply {1, new fence, ttl}. Two commands on this, the
---     common, path.
---   - KEYS[1] holds this token (a retried acquire): reset its TTL to ttl;
---     reply {1, current fence, ttl}. The fence is 0 only if someone deleted
---     the fence counter behind the scripts' back.
---   - KEYS[1] holds another token: change nothing; reply {0, 0, the holder's
---     remaining PTTL} (-1 if the holder's key has no expiry).
--- The fence counter has no TTL, so fences for a key only grow, also across
--- releases and expiries. Both keys must share a hash slot: for user key k use
--- "klauthed:{k}" and "klauthed:{k}:fence". Bad arguments write nothing; a key
--- of the wrong type fails the script before anything is written.
-if #KEYS ~= 2 then
-  return redis.error_reply('ERR wrong number of keys: want 2 (lock key, fence key)')
+-- Protocol 2 (scripts/README.md, "The line"). Takes the lock KEYS[1] for the
+-- token ARGV[1] for ARGV[2] ms, or, when it is held and ARGV[3] (line ttl) is
+-- not 0, keeps the token's place in the key's FIFO line, so the release that
+-- frees the key hands it to the line's head. Replies {acquired, fence, ttl,
+-- position}:
+--   - lock free, line empty or headed by this token: SET NX PX, INCR the
+--     fence counter KEYS[2], leave the line; reply {1, new fence, ttl, 0}.
+--   - lock holds this token (a retried acquire, or a waiter granted the key
+--     by a release): reset its TTL to ttl; reply {1, current fence, ttl, 0}.
+--   - otherwise: if the lock is free, hand it to the line's head first (as
+--     release does). With line ttl 0 change nothing else and reply {0, 0,
+--     holder's PTTL, 0}; else join the line at its tail, or keep this
+--     token's place, its entry alive for line ttl ms, and reply {0, 0,
+--     holder's PTTL, place in line from 1}.
+-- Line entries that were not kept alive are dropped. The fence counter has no
+-- TTL; the line's keys vanish when it is empty. All keys share a hash slot.
+if #KEYS ~= 5 then
+  return redis.error_reply('ERR wrong number of keys: want 5 (lock, fence, line, line deadlines, line args)')
 end
-local token, ttl = ARGV[1], ARGV[2]
+local token, ttl, linettl, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4] or ''
 if token == nil or token == '' then
   return redis.error_reply('ERR invalid token: want a non-empty string')
 end
--- tonumber+tostring round trip: cheaper than a pattern match, and rejects
--- "05", " 5", "1.5", "5.0", "1e3" and "0x5" as the pattern ^[1-9][0-9]*$ would.
+-- tonumber+tostring round trip: rejects "05", " 5", "1.5", "1e3" and "0x5".
 local ms = tonumber(ttl)
 if ms == nil or ms < 1 or ms > 31536000000 or ms % 1 ~= 0 or tostring(ms) ~= ttl then
   return redis.error_reply('ERR invalid ttl: want an integer number of milliseconds from 1 to 31536000000')
 end
--- Fast path first: one SET NX PX decides whether the key was free.
-if redis.call('SET', KEYS[1], token, 'NX', 'PX', ttl) then
-  local fence = redis.pcall('INCR', KEYS[2])
-  if type(fence) == 'table' then
-    -- The fence key holds the wrong type or a non-integer: undo the SET, so
-    -- nothing is left half-written (a script is not rolled back on error).
-    redis.call('DEL', KEYS[1])
-    return fence
-  end
-  return {1, fence, ms}
+local lms = tonumber(linettl)
+if lms == nil or lms < 0 or lms > 31536000000 or lms % 1 ~= 0 or tostring(lms) ~= linettl then
+  return redis.error_reply('ERR invalid line ttl: want an integer number of milliseconds from 0 to 31536000000')
 end
+local L, LD, LA = KEYS[3], KEYS[4], KEYS[5]
+
+local function leave(t)
+  redis.call('ZREM', L, t)
+  redis.call('ZREM', LD, t)
+  redis.call('HDEL', LA, t)
+end
+
+-- now in ms on the server's clock (scripts replicate by effects).
+local function now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- head drops line entries whose deadline passed (at most 64 a call) and
+-- replies the first live entry's token, its ttl and channel, or nil.
+local function head(t)
+  local dead = redis.call('ZRANGEBYSCORE', LD, '-inf', t, 'LIMIT', 0, 64)
+  for i = 1, #dead do leave(dead[i]) end
+  for _ = 1, 64 do
+    local h = redis.call('ZRANGE', L, 0, 0)[1]
+    if not h then return nil end
+    local d = tonumber(redis.call('ZSCORE', LD, h))
+    local a = redis.call('HGET', LA, h)
+    if d and d > t and a then
+      local sp = string.find(a, ' ', 1, true)
+      return h, string.sub(a, 1, sp - 1), string.sub(a, sp + 1)
+    end
+    leave(h)
+  end
+  return nil
+end
+
+-- grant sets the free lock to the line head's token, allocates its fence
+-- and tells its waiter on its channel: "fence ttl token".
+local function grant(h, httl, hch)
+  local fence = redis.pcall('INCR', KEYS[2])
+  if type(fence) == 'table' then return fence end
+  redis.call('SET', KEYS[1], h, 'PX', httl)
+  leave(h)
+  if hch ~= '' then
+    redis.call('PUBLISH', hch, string.format('%d', fence) .. ' ' .. httl .. ' ' .. h)
+  end
+  return fence
+end
+
 local holder = redis.call('GET', KEYS[1])
 if holder == token then
   -- Read the fence before PEXPIRE, so a bad fence key changes nothing.
@@ -59,6 +100,48 @@ if holder == token then
     fence = 0
   end
   redis.call('PEXPIRE', KEYS[1], ttl)
-  return {1, fence, ms}
+  leave(token)
+  return {1, fence, ms, 0}
 end
-return {0, 0, redis.call('PTTL', KEYS[1])}
+local t = nil
+if not holder then
+  -- Fast path: nobody waits, so no clock and no line to read.
+  if redis.call('EXISTS', L) == 0 then
+    local fence = redis.pcall('INCR', KEYS[2])
+    if type(fence) == 'table' then return fence end
+    redis.call('SET', KEYS[1], token, 'PX', ttl)
+    return {1, fence, ms, 0}
+  end
+  t = now()
+  local h, httl, hch = head(t)
+  if not h or h == token then
+    local fence = redis.pcall('INCR', KEYS[2])
+    if type(fence) == 'table' then return fence end
+    redis.call('SET', KEYS[1], token, 'PX', ttl)
+    leave(token)
+    return {1, fence, ms, 0}
+  end
+  -- The key is free but others were here first: it is the head's.
+  local fence = grant(h, httl, hch)
+  if type(fence) == 'table' then return fence end
+end
+local pttl = redis.call('PTTL', KEYS[1])
+if lms == 0 then
+  return {0, 0, pttl, 0}
+end
+t = t or now()
+if not redis.call('ZSCORE', L, token) then
+  local last = redis.call('ZRANGE', L, -1, -1, 'WITHSCORES')
+  local seq = 1
+  if last[2] then seq = tonumber(last[2]) + 1 end
+  redis.call('ZADD', L, seq, token)
+end
+redis.call('ZADD', LD, t + lms, token)
+redis.call('HSET', LA, token, ttl .. ' ' .. channel)
+-- The line's keys live as long as its longest-lived entry.
+local maxd = tonumber(redis.call('ZRANGE', LD, -1, -1, 'WITHSCORES')[2])
+local keep = math.max(maxd - t, 1)
+redis.call('PEXPIRE', L, keep)
+redis.call('PEXPIRE', LD, keep)
+redis.call('PEXPIRE', LA, keep)
+return {0, 0, pttl, redis.call('ZRANK', L, token) + 1}

@@ -1,25 +1,72 @@
 -- name: release
--- keys: lock_key
--- argv: token string
--- reply: released bool
+-- keys: lock_key, fence_key, line_key, line_deadlines_key, line_args_key
+-- argv: token string, channel string
+-- reply: released bool, next string|nil (handed), fence uint64, ttl duration_ms
 -- readonly: false
--- error: ERR wrong number of keys: want 1 (lock key)
+-- error: ERR wrong number of keys: want 5 (lock, fence, line, line deadlines, line args)
 -- error: ERR invalid token: want a non-empty string
--- error: WRONGTYPE when the lock key holds a value that is not a string
+-- error: WRONGTYPE when a key holds a value of another type than the protocol's
 --
--- Releases the lock KEYS[1] if the token ARGV[1] holds it: deletes the key
--- and replies 1. Otherwise (expired, already released, or held by another
--- token) changes nothing and replies 0 (compare-and-delete). The fence
--- counter is left alone.
-if #KEYS ~= 1 then
-  return redis.error_reply('ERR wrong number of keys: want 1 (lock key)')
+-- Protocol 2 (scripts/README.md, "The line"). Releases the lock KEYS[1] if
+-- the token ARGV[1] holds it (compare-and-delete), else takes the token out of
+-- the key's line (a waiter that gave up). Whenever the lock is then free and
+-- the line has a live head, the key goes to the head: the lock is set to the
+-- head's token with the head's ttl, the fence counter KEYS[2] grows, and
+-- "fence ttl token" is published on the head's channel unless that is ARGV[2]
+-- (the caller's own). Replies {released, next token or nil, next fence, next
+-- ttl}: released is 1 when this token held the lock.
+if #KEYS ~= 5 then
+  return redis.error_reply('ERR wrong number of keys: want 5 (lock, fence, line, line deadlines, line args)')
 end
-local token = ARGV[1]
+local token, channel = ARGV[1], ARGV[2] or ''
 if token == nil or token == '' then
   return redis.error_reply('ERR invalid token: want a non-empty string')
 end
-if redis.call('GET', KEYS[1]) == token then
-  redis.call('DEL', KEYS[1])
-  return 1
+local L, LD, LA = KEYS[3], KEYS[4], KEYS[5]
+
+local function leave(t)
+  redis.call('ZREM', L, t)
+  redis.call('ZREM', LD, t)
+  redis.call('HDEL', LA, t)
 end
-return 0
+
+local holder = redis.call('GET', KEYS[1])
+local released = 0
+if holder == token then
+  released = 1
+elseif holder then
+  leave(token)
+  return {0, false, 0, 0}
+else
+  leave(token)
+end
+-- The lock is free, or ours to give: does anyone wait?
+if redis.call('EXISTS', L) == 1 then
+  local tm = redis.call('TIME')
+  local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
+  local dead = redis.call('ZRANGEBYSCORE', LD, '-inf', now, 'LIMIT', 0, 64)
+  for i = 1, #dead do leave(dead[i]) end
+  for _ = 1, 64 do
+    local h = redis.call('ZRANGE', L, 0, 0)[1]
+    if not h then break end
+    local d = tonumber(redis.call('ZSCORE', LD, h))
+    local a = redis.call('HGET', LA, h)
+    if d and d > now and a then
+      local sp = string.find(a, ' ', 1, true)
+      local httl, hch = string.sub(a, 1, sp - 1), string.sub(a, sp + 1)
+      local fence = redis.pcall('INCR', KEYS[2])
+      if type(fence) == 'table' then return fence end
+      redis.call('SET', KEYS[1], h, 'PX', httl)
+      leave(h)
+      if hch ~= '' and hch ~= channel then
+        redis.call('PUBLISH', hch, string.format('%d', fence) .. ' ' .. httl .. ' ' .. h)
+      end
+      return {released, h, fence, tonumber(httl)}
+    end
+    leave(h)
+  end
+end
+if released == 1 then
+  redis.call('DEL', KEYS[1])
+end
+return {released, false, 0, 0}

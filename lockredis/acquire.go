@@ -1,0 +1,377 @@
+package lockredis
+
+import (
+	"context"
+	"errors"
+	"hash/maphash"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/klauthed/lock"
+	"github.com/klauthed/lock/gen"
+	"github.com/redis/rueidis"
+)
+
+// This file follows one Acquire from its first attempt to the moment it
+// holds the key: the attempt joins the key's line in Redis (scripts/README.md,
+// "The line"), the waiter sleeps until a release hands it the key (a push on
+// the Manager's channel, or the reply of a release by this Manager), and
+// wakes by itself only to keep its place alive or when the holder's TTL ends.
+
+// TryAcquire makes one attempt to take key for ttl (truncated to whole
+// milliseconds): one EVALSHA of the acquire script, which never joins the
+// key's line.
+//
+// On success it returns a *Lease (as lock.Lease) and true. When another live
+// holder owns key, or others wait for it in line, it returns (nil, false,
+// nil) and takes nothing. Bad input returns an error wrapping
+// lock.ErrInvalidKey, lock.ErrInvalidTTL or lock.ErrInvalidArgument (nil
+// ctx) before any I/O; a closed or nil Manager returns lock.ErrClosed. On
+// backend failure it returns the error; if ctx ended while the request was
+// in flight, the lock it may have taken is released in the background
+// (bounded by Options.CleanupTimeout), otherwise such a lock ends at its
+// TTL. With Options.WaitReplicas set, a win that too few replicas
+// acknowledged is undone and returns an error wrapping ErrNotReplicated.
+func (m *Manager) TryAcquire(ctx context.Context, key string, ttl time.Duration) (lock.Lease, bool, error) {
+	l, err := m.newLease(ctx, key, ttl)
+	if err != nil {
+		return nil, false, err
+	}
+	sent := time.Now()
+	res, err := m.attempt(ctx, l, ttl, 0)
+	if err != nil {
+		if ctx.Err() != nil || isCtxErr(err) {
+			m.releaseLater(l)
+		}
+		return nil, false, fmt.Errorf("lockredis: acquire %q: %w", key, m.mapErr(err))
+	}
+	if !res.Acquired {
+		return nil, false, nil
+	}
+	l.fence, l.sent = res.Fence, sent
+	return l, true, nil
+}
+
+// Acquire waits until it holds key for ttl (truncated to whole
+// milliseconds), or until ctx is done. Waiting does not poll; see the
+// package documentation.
+//
+// On success it returns a *Lease (as lock.Lease). When ctx ends first, the
+// error wraps both lock.ErrNotAcquired and ctx.Err(), and Acquire returns
+// at once, without waiting for Redis: its place in line is given up, and a
+// key handed to it meanwhile released, in the background (bounded by
+// Options.CleanupTimeout; else the place ends after LineTTL and the key at
+// its TTL). When the Manager is closed while waiting it returns
+// lock.ErrClosed. Bad input and backend failures are returned as by
+// TryAcquire; a backend failure ends the wait, and so does ErrNotReplicated.
+func (m *Manager) Acquire(ctx context.Context, key string, ttl time.Duration) (lock.Lease, error) {
+	l, err := m.newLease(ctx, key, ttl)
+	if err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, notAcquired(key, err)
+	}
+	w := &waiter{l: l, ttl: ttl, granted: make(chan grant, 1), poke: make(chan struct{}, 1)}
+	// Registered before the first attempt: a release may hand the key to
+	// this waiter before the attempt's reply arrives.
+	m.register(w)
+	return m.wait(ctx, w)
+}
+
+// waiter is one Acquire call with a place in a key's line.
+type waiter struct {
+	l   *Lease
+	ttl time.Duration
+	// since is when the last attempt that left the waiter in line was sent:
+	// a key handed to it later got its TTL no earlier.
+	since   time.Time
+	granted chan grant    // cap 1: the key was handed to this waiter
+	poke    chan struct{} // cap 1: try again now (Pub/Sub came or went)
+}
+
+// grant is a hand-off to a waiter: the key is set to its token with ttl.
+type grant struct {
+	fence uint64
+	ttl   time.Duration
+	sent  time.Time // when the handing release was sent, if it was ours
+}
+
+// wait is Acquire after registration: attempt, sleep, repeat.
+func (m *Manager) wait(ctx context.Context, w *waiter) (lock.Lease, error) {
+	l := w.l
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	var backoff time.Duration
+	for {
+		sent := time.Now()
+		res, err := m.attempt(ctx, l, w.ttl, m.lineTTL)
+		if err != nil {
+			m.giveUp(w)
+			return nil, m.acquireErr(ctx, l.key, err)
+		}
+		if res.Acquired {
+			m.unregister(w)
+			l.fence, l.sent = res.Fence, sent
+			return l, nil
+		}
+		w.since = sent
+		d := m.sleepFor(res, &backoff)
+		if timer == nil {
+			timer = time.NewTimer(d)
+		} else {
+			timer.Reset(d)
+		}
+		select {
+		case g := <-w.granted:
+			m.unregister(w)
+			l.fence, l.sent = g.fence, w.since
+			if g.sent.After(l.sent) {
+				l.sent = g.sent
+			}
+			if ok, err := m.confirm(ctx, w, g); err != nil {
+				m.giveUp(w)
+				return nil, m.acquireErr(ctx, l.key, err)
+			} else if ok {
+				return l, nil
+			}
+			m.register(w) // the hand-off was too old to trust: back in line
+		case <-timer.C:
+		case <-w.poke:
+		case <-ctx.Done():
+			m.giveUp(w)
+			return nil, notAcquired(l.key, ctx.Err())
+		case <-m.done:
+			m.unregister(w)
+			return nil, lock.ErrClosed
+		}
+	}
+}
+
+// sleepFor is how long a waiter sleeps before it tries again unless a
+// hand-off or a poke wakes it: until it must keep its place alive, or the
+// holder's TTL ends (staggered by place in line, so the head goes first),
+// or, without Pub/Sub, its next poll.
+func (m *Manager) sleepFor(res gen.AcquireResult, backoff *time.Duration) time.Duration {
+	d := m.lineTTL / 3
+	if res.TTL > 0 {
+		stagger := time.Duration(min(max(res.Position-1, 0), 50)) * time.Millisecond
+		d = min(d, res.TTL+time.Millisecond+stagger)
+	}
+	if !m.pushed.Load() {
+		*backoff = min(max(2**backoff, m.minBO), m.maxBO)
+		d = min(d, *backoff)
+	}
+	return d
+}
+
+// confirm decides whether a hand-off can be returned as it is. A waiter that
+// was stalled (or a push that was delayed) for as long as the lease's TTL
+// may hold a lease that already ended: it asks Redis again with its token,
+// which also restarts the TTL. With Options.WaitReplicas the hand-off is
+// confirmed by a refresh that replicas must acknowledge. ok false means the
+// waiter is in line again.
+func (m *Manager) confirm(ctx context.Context, w *waiter, g grant) (bool, error) {
+	l := w.l
+	if m.waitN > 0 {
+		_, err := m.refreshReplicated(ctx, l, w.ttl)
+		return err == nil, err
+	}
+	if time.Since(l.sent) < g.ttl {
+		return true, nil
+	}
+	sent := time.Now()
+	res, err := m.attempt(ctx, l, w.ttl, m.lineTTL)
+	if err != nil {
+		return false, err
+	}
+	if res.Acquired {
+		l.fence, l.sent = res.Fence, sent
+		return true, nil
+	}
+	return false, nil
+}
+
+// attempt runs the acquire script once for l; lineTTL 0 never joins the
+// line. With Options.WaitReplicas the script and WAIT go in one batch.
+func (m *Manager) attempt(ctx context.Context, l *Lease, ttl, lineTTL time.Duration) (gen.AcquireResult, error) {
+	if m.waitN > 0 {
+		return m.acquireReplicated(ctx, l, ttl, lineTTL)
+	}
+	k := &l.k
+	res, err := gen.Acquire(ctx, m.client, k.lock, k.fence, k.line, k.lineDeadlines, k.lineArgs,
+		string(l.token), ttl, lineTTL, m.channel)
+	if err != nil && m.closed.Load() {
+		return res, lock.ErrClosed
+	}
+	return res, err
+}
+
+func (m *Manager) acquireErr(ctx context.Context, key string, err error) error {
+	if errors.Is(err, lock.ErrClosed) || m.closed.Load() {
+		return lock.ErrClosed
+	}
+	if cerr := ctx.Err(); cerr != nil {
+		return notAcquired(key, cerr)
+	}
+	if isCtxErr(err) {
+		// rueidis enforces the context's deadline itself and may report it
+		// a moment before ctx.Err does.
+		return notAcquired(key, err)
+	}
+	return fmt.Errorf("lockredis: acquire %q: %w", key, err)
+}
+
+// giveUp takes a waiter that stops waiting out of the Manager and out of
+// the key's line: the release script, sent in the background, deletes its
+// place or, if the key was handed to it meanwhile, releases the key to the
+// next in line.
+func (m *Manager) giveUp(w *waiter) {
+	m.unregister(w)
+	m.releaseLater(w.l)
+}
+
+// releaseLater runs the release script for l's token in the background,
+// bounded by CleanupTimeout: it frees the key if l holds it (and hands it
+// to the line's head) and leaves the line if l waits in it. It never frees
+// another holder. Close waits for it.
+func (m *Manager) releaseLater(l *Lease) {
+	if m.cleanup <= 0 {
+		return
+	}
+	m.goBackground(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), m.cleanup)
+		defer cancel()
+		_, _ = m.release(ctx, l, time.Now())
+	})
+}
+
+// release runs the release script for l's token, and if the script handed
+// the key to a waiter of this Manager (it publishes to everyone else),
+// delivers the hand-off; sent is when the call started.
+func (m *Manager) release(ctx context.Context, l *Lease, sent time.Time) (gen.ReleaseResult, error) {
+	k := &l.k
+	res, err := gen.Release(ctx, m.client, k.lock, k.fence, k.line, k.lineDeadlines, k.lineArgs,
+		string(l.token), m.channel)
+	if err == nil && res.Handed {
+		m.deliver(lock.Token(res.Next), grant{fence: res.Fence, ttl: res.TTL, sent: sent})
+	}
+	return res, err
+}
+
+// waiterShard holds the registered waiters whose tokens hash to it.
+type waiterShard struct {
+	mu sync.Mutex
+	m  map[lock.Token]*waiter
+}
+
+func (m *Manager) waiterShard(t lock.Token) *waiterShard {
+	return &m.waiting[maphash.String(m.seed, string(t))%numShards]
+}
+
+func (m *Manager) register(w *waiter) {
+	s := m.waiterShard(w.l.token)
+	s.mu.Lock()
+	s.m[w.l.token] = w
+	s.mu.Unlock()
+}
+
+func (m *Manager) unregister(w *waiter) {
+	s := m.waiterShard(w.l.token)
+	s.mu.Lock()
+	delete(s.m, w.l.token)
+	s.mu.Unlock()
+}
+
+// deliver hands a grant to the waiter with token t, if it is still
+// registered here.
+func (m *Manager) deliver(t lock.Token, g grant) {
+	s := m.waiterShard(t)
+	s.mu.Lock()
+	if w := s.m[t]; w != nil {
+		select {
+		case w.granted <- g:
+		default:
+		}
+	}
+	s.mu.Unlock()
+}
+
+// pokeWaiters makes every registered waiter try again at once: Pub/Sub
+// came or went, so a hand-off may have been missed.
+func (m *Manager) pokeWaiters() {
+	for i := range m.waiting {
+		s := &m.waiting[i]
+		s.mu.Lock()
+		for _, w := range s.m {
+			select {
+			case w.poke <- struct{}{}:
+			default:
+			}
+		}
+		s.mu.Unlock()
+	}
+}
+
+// start subscribes the Manager to its hand-off channel in the background.
+func (m *Manager) start() {
+	m.goBackground(m.subscribe)
+}
+
+// subscribe keeps the Manager subscribed to its channel until Close. While
+// subscribed (m.pushed), waiters sleep until a hand-off arrives; every
+// change of that state pokes them, since a push may have been lost. A
+// server or ACL that refuses SUBSCRIBE leaves the waiters polling.
+func (m *Manager) subscribe() {
+	backoff := m.minBO
+	hook := func(s rueidis.PubSubSubscription) {
+		if s.Kind == "subscribe" && !m.pushed.Swap(true) {
+			m.pokeWaiters()
+		}
+	}
+	ctx := rueidis.WithOnSubscriptionHook(m.ctx, hook)
+	for {
+		// On a dedicated connection: a server that cannot mix Pub/Sub with
+		// commands on one RESP3 connection (miniredis) then still works.
+		dc, release := m.client.Dedicate()
+		err := dc.Receive(ctx, dc.B().Subscribe().Channel(m.channel).Build(), m.onPush)
+		release()
+		if m.pushed.Swap(false) {
+			m.pokeWaiters()
+		}
+		if m.ctx.Err() != nil {
+			return
+		}
+		if _, ok := rueidis.IsRedisErr(err); ok {
+			return // refused (NOPERM, unknown command): poll instead
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-t.C:
+		case <-m.ctx.Done():
+			t.Stop()
+			return
+		}
+		backoff = min(2*backoff, time.Second)
+	}
+}
+
+// onPush delivers a hand-off published by a release script: "fence ttl
+// token".
+func (m *Manager) onPush(msg rueidis.PubSubMessage) {
+	fence, rest, ok1 := strings.Cut(msg.Message, " ")
+	ttl, token, ok2 := strings.Cut(rest, " ")
+	f, err1 := strconv.ParseUint(fence, 10, 64)
+	ms, err2 := strconv.ParseInt(ttl, 10, 64)
+	if !ok1 || !ok2 || err1 != nil || err2 != nil || token == "" {
+		return // not ours to understand; the waiter's timer covers it
+	}
+	m.deliver(lock.Token(token), grant{fence: f, ttl: time.Duration(ms) * time.Millisecond})
+}
