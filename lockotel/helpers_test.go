@@ -148,8 +148,8 @@ func (x *tel) noKeyIn(t *testing.T, keys ...string) {
 	check := func(where string, set attribute.Set) {
 		for _, kv := range set.ToSlice() {
 			for _, k := range keys {
-				if strings.Contains(kv.Value.Emit(), k) {
-					t.Errorf("%s: attribute %s=%q holds the key %q", where, kv.Key, kv.Value.Emit(), k)
+				if strings.Contains(kv.Value.String(), k) {
+					t.Errorf("%s: attribute %s=%q holds the key %q", where, kv.Key, kv.Value.String(), k)
 				}
 			}
 		}

@@ -48,35 +48,35 @@ var (
 	_ lock.Stamped = (*watchStampLease)(nil)
 )
 
-// wrapLease returns l wrapped in the lease type that implements the same
-// optional interfaces as l.
-func wrapLease(l lock.Lease, t *telemetry, g *group, acq trace.SpanContext) lock.Lease {
+// wrapLease returns l, acquired at start, wrapped in the lease type that
+// implements the same optional interfaces as l.
+func wrapLease(l lock.Lease, t *telemetry, g *group, start time.Time,
+	acq trace.SpanContext) lock.Lease {
 	w, isWatcher := l.(lock.Watcher)
 	_, isStamped := l.(lock.Stamped)
 	switch {
 	case isWatcher && isStamped:
 		wl := &watchStampLease{}
-		wl.init(l, w, t, g, acq)
+		wl.init(l, w, t, g, start, acq)
 		return wl
 	case isWatcher:
 		wl := &watchLease{}
-		wl.init(l, w, t, g, acq)
+		wl.init(l, w, t, g, start, acq)
 		return wl
 	case isStamped:
 		wl := &stampLease{}
-		wl.init(l, nil, t, g, acq)
+		wl.init(l, nil, t, g, start, acq)
 		return wl
 	}
 	wl := &lease{}
-	wl.init(l, nil, t, g, acq)
+	wl.init(l, nil, t, g, start, acq)
 	return wl
 }
 
-// init sets up l, a zero lease, to wrap inner from now on.
+// init sets up l, a zero lease, to wrap inner, acquired at start.
 func (l *lease) init(inner lock.Lease, w lock.Watcher, t *telemetry, g *group,
-	acq trace.SpanContext) {
-	l.inner, l.watcher, l.t, l.g, l.acq = inner, w, t, g, acq
-	l.start = time.Now()
+	start time.Time, acq trace.SpanContext) {
+	l.inner, l.watcher, l.t, l.g, l.start, l.acq = inner, w, t, g, start, acq
 }
 
 // Key returns the wrapped lease's Key; "" on a nil lease.

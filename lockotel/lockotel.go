@@ -180,7 +180,8 @@ var (
 // and, when it took the key, one more holder. A nil ctx returns an error
 // wrapping lock.ErrInvalidArgument, records an "error" acquisition and
 // calls nothing.
-func (m *manager) TryAcquire(ctx context.Context, key string, ttl time.Duration) (lock.Lease, bool, error) {
+func (m *manager) TryAcquire(ctx context.Context, key string,
+	ttl time.Duration) (lock.Lease, bool, error) {
 	if m == nil || m.inner == nil {
 		return nil, false, lock.ErrClosed
 	}
@@ -192,13 +193,14 @@ func (m *manager) TryAcquire(ctx context.Context, key string, ttl time.Duration)
 	ctx, span := m.t.tracer.Start(ctx, "lock.TryAcquire", g.spanStart...)
 	start := time.Now()
 	l, ok, err := m.inner.TryAcquire(ctx, key, ttl)
-	wait := time.Since(start)
+	now := time.Now()
+	wait := now.Sub(start)
 	switch {
 	case err != nil:
 		m.t.acquireFailed(ctx, g, opTry, wait, err)
 		endFailed(span, outcomeOf(err), wait, err)
 	case ok && l != nil:
-		wl := m.t.acquired(ctx, g, opTry, wait, l, span)
+		wl := m.t.acquired(ctx, g, opTry, now, wait, l, span)
 		span.End()
 		return wl, ok, nil
 	case !ok:
@@ -230,14 +232,15 @@ func (m *manager) Acquire(ctx context.Context, key string, ttl time.Duration) (l
 	m.t.waiters.Add(ctx, 1, g.baseAdd...)
 	start := time.Now()
 	l, err := m.inner.Acquire(ctx, key, ttl)
-	wait := time.Since(start)
+	now := time.Now()
+	wait := now.Sub(start)
 	m.t.waiters.Add(ctx, -1, g.baseAdd...)
 	switch {
 	case err != nil:
 		m.t.acquireFailed(ctx, g, opAcquire, wait, err)
 		endFailed(span, outcomeOf(err), wait, err)
 	case l != nil:
-		wl := m.t.acquired(ctx, g, opAcquire, wait, l, span)
+		wl := m.t.acquired(ctx, g, opAcquire, now, wait, l, span)
 		span.End()
 		return wl, nil
 	default:

@@ -226,10 +226,11 @@ func (t *telemetry) group(key string) *group {
 	return g
 }
 
-// acquired records a successful acquisition of l after wait, adds a holder
-// and returns l wrapped. span is the acquisition's span, still open.
-func (t *telemetry) acquired(ctx context.Context, g *group, op int, wait time.Duration,
-	l lock.Lease, span trace.Span) lock.Lease {
+// acquired records a successful acquisition of l that returned at now after
+// wait, adds a holder and returns l wrapped. span is the acquisition's span,
+// still open.
+func (t *telemetry) acquired(ctx context.Context, g *group, op int, now time.Time,
+	wait time.Duration, l lock.Lease, span trace.Span) lock.Lease {
 	t.acquireDur.Record(ctx, wait.Seconds(), g.acqDur[op][0]...)
 	t.acquisitions.Add(ctx, 1, g.acqCount[op][0]...)
 	t.holders.Add(ctx, 1, g.baseAdd...)
@@ -240,7 +241,7 @@ func (t *telemetry) acquired(ctx context.Context, g *group, op int, wait time.Du
 			keyFence.Int64(fenceAttr(l.Fence())),
 		)
 	}
-	return wrapLease(l, t, g, span.SpanContext())
+	return wrapLease(l, t, g, now, span.SpanContext())
 }
 
 // contended records a TryAcquire that found the key held.
