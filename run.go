@@ -44,6 +44,16 @@ var ErrInvalidOptions = errors.New("lock: invalid options")
 // wraps ErrNotHeld. fn must stop writing to the guarded resource when its
 // context is done.
 //
+// What a holder can and cannot know after a stall: the watchdog and the
+// backend's watch run in this process. If the whole process stops (SIGSTOP,
+// a long GC or VM pause) past the lease's TTL, nothing runs to cancel ctx
+// before fn resumes: fn's next ctx.Err() may still be nil, and one write may
+// leave after the lease ended and another holder took the key. No check in
+// the client can close that window, since the check and the write are not
+// one atomic step; the fence can: pass lease.Fence() with every write to
+// storage that rejects a fence lower than one it has accepted. Checking ctx
+// before each write narrows the window to the writes already under way.
+//
 // Run returns the error from acquiring (nothing was called), else fn's error;
 // when fn returned nil but the lease was lost while it ran, an error wrapping
 // ErrNotHeld; else the error of the final Release, if any. The lease is
@@ -145,7 +155,10 @@ func watchdog(fctx context.Context, lease Lease, opts RunOptions, validUntil tim
 	if w, ok := lease.(Watcher); ok {
 		lostCh = w.Lost()
 	}
-	next := time.NewTimer(opts.RefreshEvery)
+	// A lease whose TTL started well before Acquire returned (a backend's
+	// hand-off after a long wait) is refreshed early, not after a full
+	// RefreshEvery, so that it is not taken for lost.
+	next := time.NewTimer(min(opts.RefreshEvery, max(time.Until(validUntil)/2, 0)))
 	defer next.Stop()
 	expiry := time.NewTimer(time.Until(validUntil))
 	defer expiry.Stop()

@@ -143,7 +143,11 @@ local pttl = redis.call('PTTL', KEYS[1])
 if lms == 0 then
   return {0, 0, pttl, 0}
 end
-t = t or now()
+if not t then
+  t = now()
+  local dead = redis.call('ZRANGEBYSCORE', LD, '-inf', t, 'LIMIT', 0, 64)
+  for i = 1, #dead do leave(dead[i]) end
+end
 if not redis.call('ZSCORE', L, token) then
   local last = redis.call('ZRANGE', L, -1, -1, 'WITHSCORES')
   local seq = 1
@@ -161,7 +165,7 @@ redis.call('PEXPIRE', LA, keep)
 return {0, 0, pttl, redis.call('ZRANK', L, token) + 1}`
 
 // AcquireSHA1 is the SHA1 of AcquireSource, as SCRIPT LOAD replies it.
-const AcquireSHA1 = "583483f115214e7c99cf94ee2401b5e3bf57ba81"
+const AcquireSHA1 = "d3b03ead492b9292d9a46384f1deaf1297d5886f"
 
 var acquireScript = rueidis.NewLuaScript(AcquireSource)
 

@@ -172,10 +172,11 @@ func (m *Manager) sleepFor(res gen.AcquireResult, backoff *time.Duration) time.D
 	return d
 }
 
-// confirm decides whether a hand-off can be returned as it is. A waiter that
-// was stalled (or a push that was delayed) for as long as the lease's TTL
-// may hold a lease that already ended: it asks Redis again with its token,
-// which also restarts the TTL. With Options.WaitReplicas the hand-off is
+// confirm decides whether a hand-off can be returned as it is. The lease's
+// TTL started no earlier than l.sent; when that is half the TTL ago or more
+// (the waiter slept long before the hand-off, or was stalled, or the push
+// was delayed), the lease may be about to end or over: the waiter asks Redis
+// again with its token, which also restarts the TTL. With Options.WaitReplicas the hand-off is
 // confirmed by a refresh that replicas must acknowledge. ok false means the
 // waiter is in line again.
 func (m *Manager) confirm(ctx context.Context, w *waiter, g grant) (bool, error) {
@@ -184,7 +185,7 @@ func (m *Manager) confirm(ctx context.Context, w *waiter, g grant) (bool, error)
 		_, err := m.refreshReplicated(ctx, l, w.ttl)
 		return err == nil, err
 	}
-	if time.Since(l.sent) < g.ttl {
+	if time.Since(l.sent) < g.ttl/2 {
 		return true, nil
 	}
 	sent := time.Now()

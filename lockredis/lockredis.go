@@ -319,12 +319,45 @@ func (m *Manager) Close() error {
 	m.closed.Store(true)
 	close(m.done)
 	m.closeMu.Unlock()
+	m.leaveLines()
 	m.cancel()
 	m.wg.Wait()
 	if m.ownClient {
 		m.client.Close()
 	}
 	return nil
+}
+
+// leaveLines takes the waiters that Close interrupts out of their lines, in
+// one batch bounded by CleanupTimeout, so they do not hold up other
+// processes for LineTTL (or, if a key was handed to one of them, its TTL).
+func (m *Manager) leaveLines() {
+	if m.cleanup <= 0 {
+		return
+	}
+	var ls []*Lease
+	for i := range m.waiting {
+		s := &m.waiting[i]
+		s.mu.Lock()
+		for _, w := range s.m {
+			ls = append(ls, w.l)
+		}
+		s.mu.Unlock()
+	}
+	if len(ls) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), m.cleanup)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, l := range ls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, _ = m.release(ctx, l, time.Now())
+		}()
+	}
+	wg.Wait()
 }
 
 // goBackground runs f in a goroutine that Close waits for, unless the

@@ -2,6 +2,7 @@ package lockredis_test
 
 import (
 	"context"
+	"os"
 	"testing"
 	"time"
 
@@ -15,6 +16,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if os.Getenv(childWaiterEnv) != "" {
+		childWaiter() // a waiting process for line_test.go; never returns
+	}
 	goleak.VerifyTestMain(m,
 		// rueidis's cluster client closes connections to nodes dropped from
 		// its slot map in a goroutine that sleeps 5s first and does not

@@ -326,6 +326,137 @@ func (s *suite) testWakeOnExpiry(t *testing.T) {
 	release(t, r.lease)
 }
 
+// testFIFOAcrossManagers: waiters on several Managers of one store (as
+// several processes would have them) that started waiting one after another,
+// each well after the one before, get the key in that order, each exactly
+// once. The tolerance is zero places: a backend with a line (lockmem's
+// queue, lockredis's line in Redis) serves arrivals in order.
+func (s *suite) testFIFOAcrossManagers(t *testing.T) {
+	m := s.b.New(t)
+	k := key(t)
+	const n = 4
+	h := mustTake(t, m, k, s.long())
+	order := make(chan int, n)
+	var chs []<-chan result
+	for i := range n {
+		p := s.b.Peer(t, m)
+		i := i
+		c, cancel := context.WithCancel(ctx(t))
+		ch := make(chan result, 1)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			l, err := p.Acquire(c, k, s.long())
+			if err == nil {
+				order <- i
+				time.Sleep(time.Millisecond)
+				err = l.Release(context.Background())
+			}
+			ch <- result{l, err}
+		}()
+		t.Cleanup(func() { cancel(); <-done })
+		chs = append(chs, ch)
+		settle() // the next waiter arrives well after this one
+	}
+	release(t, h)
+	for i, ch := range chs {
+		if r := await(t, ch, "waiter "+string(rune('0'+i))); r.err != nil {
+			t.Fatalf("waiter %d: %v", i, r.err)
+		}
+	}
+	close(order)
+	var got []int
+	for i := range order {
+		got = append(got, i)
+	}
+	for i := range got {
+		if got[i] != i {
+			t.Fatalf("waiters on %d Managers got the key in order %v; want arrival order 0..%d", n, got, n-1)
+		}
+	}
+	mustBeFree(t, m, k)
+}
+
+// testNoStarvation: a waiter is not overtaken by Managers that arrive after
+// it and keep taking the key in a loop: it is the first to get the key after
+// the holder's release, and gets it promptly.
+func (s *suite) testNoStarvation(t *testing.T) {
+	m := s.b.New(t)
+	k := key(t)
+	h := mustTake(t, m, k, s.long())
+	w := s.b.Peer(t, m)
+	ch := acquireAsync(t, ctx(t), w, k, s.long())
+	settle()
+	var mu sync.Mutex
+	var seq []string
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range 3 {
+		p := s.b.Peer(t, m)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				c, cancel := context.WithTimeout(ctx(t), prompt)
+				l, err := p.Acquire(c, k, s.long())
+				cancel()
+				if err != nil {
+					continue
+				}
+				mu.Lock()
+				seq = append(seq, "hammer"+string(rune('0'+i)))
+				mu.Unlock()
+				_ = l.Release(context.Background())
+			}
+		}()
+	}
+	settle()
+	release(t, h)
+	r := await(t, ch, "the first waiter, with later arrivals taking the key in a loop")
+	mu.Lock()
+	seq = append(seq, "waiter")
+	first := seq[0]
+	mu.Unlock()
+	if r.err != nil {
+		t.Fatalf("first waiter's Acquire = %v", r.err)
+	}
+	release(t, r.lease)
+	close(stop)
+	wg.Wait()
+	if first != "waiter" {
+		t.Fatalf("after the release the key went first to %s, which arrived after the waiter (order %v)", first, seq)
+	}
+}
+
+// testTryAcquireNoJump: while a waiter waits for a key, a TryAcquire from
+// another Manager right after the holder's release does not take the key
+// from the waiter.
+func (s *suite) testTryAcquireNoJump(t *testing.T) {
+	m := s.b.New(t)
+	k := key(t)
+	h := mustTake(t, m, k, s.long())
+	ch := acquireAsync(t, ctx(t), s.b.Peer(t, m), k, s.long())
+	settle()
+	p := s.b.Peer(t, m)
+	release(t, h)
+	if l, ok, err := p.TryAcquire(ctx(t), k, s.long()); err != nil || ok {
+		if ok {
+			release(t, l)
+		}
+		t.Fatalf("TryAcquire right after the release, with a waiter in line = %v, %v; want false", ok, err)
+	}
+	r := await(t, ch, "the waiter in line")
+	if r.err != nil {
+		t.Fatalf("waiter = %v", r.err)
+	}
+	release(t, r.lease)
+}
+
 func (s *suite) testContextDeadline(t *testing.T) {
 	m := s.b.New(t)
 	p := s.b.Peer(t, m)

@@ -129,7 +129,11 @@ local pttl = redis.call('PTTL', KEYS[1])
 if lms == 0 then
   return {0, 0, pttl, 0}
 end
-t = t or now()
+if not t then
+  t = now()
+  local dead = redis.call('ZRANGEBYSCORE', LD, '-inf', t, 'LIMIT', 0, 64)
+  for i = 1, #dead do leave(dead[i]) end
+end
 if not redis.call('ZSCORE', L, token) then
   local last = redis.call('ZRANGE', L, -1, -1, 'WITHSCORES')
   local seq = 1
