@@ -3,8 +3,8 @@ package lockredis
 import (
 	"context"
 	"errors"
-	"hash/maphash"
 	"fmt"
+	"hash/maphash"
 	"strconv"
 	"strings"
 	"sync"

@@ -164,9 +164,9 @@ type Manager struct {
 	waitMS    int64 // Options.WaitTimeout in whole milliseconds
 
 	seed    maphash.Seed
-	shards  [numShards]shard        // lease watches, by lock key
-	waiting [numShards]waiterShard  // Acquire calls in line, by token
-	pushed  atomic.Bool             // subscribed: hand-offs arrive as pushes
+	shards  [numShards]shard       // lease watches, by lock key
+	waiting [numShards]waiterShard // Acquire calls in line, by token
+	pushed  atomic.Bool            // subscribed: hand-offs arrive as pushes
 
 	closed  atomic.Bool
 	closeMu sync.RWMutex // orders wg.Add against Close
