@@ -75,7 +75,8 @@ func (m *Manager) Acquire(ctx context.Context, key string, ttl time.Duration) (l
 	if err := ctx.Err(); err != nil {
 		return nil, notAcquired(key, err)
 	}
-	w := &waiter{l: l, ttl: ttl, granted: make(chan grant, 1), poke: make(chan struct{}, 1)}
+	w := &l.waiter
+	*w = waiter{l: l, ttl: ttl, wake: make(chan wake, 2)}
 	// Registered before the first attempt: a release may hand the key to
 	// this waiter before the attempt's reply arrives.
 	m.register(w)
@@ -88,9 +89,18 @@ type waiter struct {
 	ttl time.Duration
 	// since is when the last attempt that left the waiter in line was sent:
 	// a key handed to it later got its TTL no earlier.
-	since   time.Time
-	granted chan grant    // cap 1: the key was handed to this waiter
-	poke    chan struct{} // cap 1: try again now (Pub/Sub came or went)
+	since time.Time
+	// wake has room for one hand-off and one poke, both sent under the
+	// waiter's shard mutex: a hand-off is never dropped, a poke is dropped
+	// when one is pending already.
+	wake chan wake
+}
+
+// wake is what wakes a sleeping waiter: a hand-off, or, when handed is
+// false, a poke to try again now (Pub/Sub came or went).
+type wake struct {
+	handed bool
+	grant  grant
 }
 
 // grant is a hand-off to a waiter: the key is set to its token with ttl.
@@ -129,22 +139,15 @@ func (m *Manager) wait(ctx context.Context, w *waiter) (lock.Lease, error) {
 		} else {
 			timer.Reset(d)
 		}
+		var g grant
 		select {
-		case g := <-w.granted:
-			m.unregister(w)
-			l.fence, l.sent = g.fence, w.since
-			if g.sent.After(l.sent) {
-				l.sent = g.sent
+		case wk := <-w.wake:
+			if !wk.handed {
+				continue // a poke: try again now
 			}
-			if ok, err := m.confirm(ctx, w, g); err != nil {
-				m.giveUp(w)
-				return nil, m.acquireErr(ctx, l.key, err)
-			} else if ok {
-				return l, nil
-			}
-			m.register(w) // the hand-off was too old to trust: back in line
+			g = wk.grant
 		case <-timer.C:
-		case <-w.poke:
+			continue
 		case <-ctx.Done():
 			m.giveUp(w)
 			return nil, notAcquired(l.key, ctx.Err())
@@ -152,6 +155,20 @@ func (m *Manager) wait(ctx context.Context, w *waiter) (lock.Lease, error) {
 			m.unregister(w)
 			return nil, lock.ErrClosed
 		}
+		// Handed the key by a release (deliver took w off the registry).
+		l.fence, l.sent = g.fence, w.since
+		if g.sent.After(l.sent) {
+			l.sent = g.sent
+		}
+		ok, err := m.confirm(ctx, w, g)
+		if err != nil {
+			m.giveUp(w)
+			return nil, m.acquireErr(ctx, l.key, err)
+		}
+		if ok {
+			return l, nil
+		}
+		m.register(w) // the hand-off was too old to trust: back in line
 	}
 }
 
@@ -297,10 +314,8 @@ func (m *Manager) deliver(t lock.Token, g grant) {
 	s := m.waiterShard(t)
 	s.mu.Lock()
 	if w := s.m[t]; w != nil {
-		select {
-		case w.granted <- g:
-		default:
-		}
+		w.wake <- wake{handed: true, grant: g}
+		delete(s.m, t) // one hand-off per place in line
 	}
 	s.mu.Unlock()
 }
@@ -312,9 +327,8 @@ func (m *Manager) pokeWaiters() {
 		s := &m.waiting[i]
 		s.mu.Lock()
 		for _, w := range s.m {
-			select {
-			case w.poke <- struct{}{}:
-			default:
+			if len(w.wake) == 0 {
+				w.wake <- wake{}
 			}
 		}
 		s.mu.Unlock()

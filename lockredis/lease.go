@@ -32,6 +32,8 @@ type Lease struct {
 	released  atomic.Bool // a Release got its reply: later calls do no I/O
 	notHeld   atomic.Bool // a Refresh found the lease gone
 	watch     atomic.Pointer[watch]
+
+	waiter waiter // Acquire's state while it waits; see acquire.go
 }
 
 var (

@@ -317,9 +317,10 @@ func (m *Manager) Close() error {
 		return nil
 	}
 	m.closed.Store(true)
+	interrupted := m.registered() // before the waiters see done and leave
 	close(m.done)
 	m.closeMu.Unlock()
-	m.leaveLines()
+	m.leaveLines(interrupted)
 	m.cancel()
 	m.wg.Wait()
 	if m.ownClient {
@@ -331,20 +332,8 @@ func (m *Manager) Close() error {
 // leaveLines takes the waiters that Close interrupts out of their lines, in
 // one batch bounded by CleanupTimeout, so they do not hold up other
 // processes for LineTTL (or, if a key was handed to one of them, its TTL).
-func (m *Manager) leaveLines() {
-	if m.cleanup <= 0 {
-		return
-	}
-	var ls []*Lease
-	for i := range m.waiting {
-		s := &m.waiting[i]
-		s.mu.Lock()
-		for _, w := range s.m {
-			ls = append(ls, w.l)
-		}
-		s.mu.Unlock()
-	}
-	if len(ls) == 0 {
+func (m *Manager) leaveLines(ls []*Lease) {
+	if m.cleanup <= 0 || len(ls) == 0 {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), m.cleanup)
@@ -358,6 +347,20 @@ func (m *Manager) leaveLines() {
 		}()
 	}
 	wg.Wait()
+}
+
+// registered returns the leases of the waiters registered now.
+func (m *Manager) registered() []*Lease {
+	var ls []*Lease
+	for i := range m.waiting {
+		s := &m.waiting[i]
+		s.mu.Lock()
+		for _, w := range s.m {
+			ls = append(ls, w.l)
+		}
+		s.mu.Unlock()
+	}
+	return ls
 }
 
 // goBackground runs f in a goroutine that Close waits for, unless the
@@ -431,16 +434,31 @@ type keys struct {
 }
 
 func (m *Manager) keys(key string) keys {
-	// One string holds the lock, line and deadline names as prefixes.
-	long := string(names(m.prefix, key, ":line:deadlines"))
-	n := len(long) - len(":line:deadlines")
-	base := long[:n]
+	// One allocation: the lock and line names are prefixes of the
+	// deadlines name, and the fence and args names follow it.
+	const dl, fence, args = ":line:deadlines", ":fence", ":line:args"
+	open := "{"
+	if key[0] == '}' {
+		open = "}{~}"
+	}
+	n := len(m.prefix) + len(open) + len(key) + 1
+	b := make([]byte, 0, 3*n+len(dl)+len(fence)+len(args))
+	for _, suffix := range [...]string{dl, fence, args} {
+		b = append(b, m.prefix...)
+		b = append(b, open...)
+		b = append(b, key...)
+		b = append(b, '}')
+		b = append(b, suffix...)
+	}
+	all := string(b)
+	f := n + len(dl)
+	a := f + n + len(fence)
 	return keys{
-		lock:          base,
-		fence:         base + ":fence",
-		line:          long[:n+len(":line")],
-		lineDeadlines: long,
-		lineArgs:      base + ":line:args",
+		lock:          all[:n],
+		line:          all[:n+len(":line")],
+		lineDeadlines: all[:f],
+		fence:         all[f:a],
+		lineArgs:      all[a:],
 	}
 }
 
