@@ -66,7 +66,10 @@ func (m *Manager) TryAcquire(ctx context.Context, key string, ttl time.Duration)
 // Options.CleanupTimeout; else the place ends after LineTTL and the key at
 // its TTL). When the Manager is closed while waiting it returns
 // lock.ErrClosed. Bad input and backend failures are returned as by
-// TryAcquire; a backend failure ends the wait, and so does ErrNotReplicated.
+// TryAcquire: a failure of the first attempt, an error reply from Redis, and
+// ErrNotReplicated end the wait; once in line, a waiter rides out lost
+// connections (retrying with backoff, MinBackoff to MaxBackoff) until ctx
+// ends.
 func (m *Manager) Acquire(ctx context.Context, key string, ttl time.Duration) (lock.Lease, error) {
 	l, err := m.newLease(ctx, key, ttl)
 	if err != nil {
@@ -120,20 +123,27 @@ func (m *Manager) wait(ctx context.Context, w *waiter) (lock.Lease, error) {
 		}
 	}()
 	var backoff time.Duration
-	for {
+	for first := true; ; first = false {
 		sent := time.Now()
 		res, err := m.attempt(ctx, l, w.ttl, m.lineTTL)
-		if err != nil {
+		var d time.Duration
+		switch {
+		case err != nil && (first || !transient(err) || ctx.Err() != nil || m.closed.Load()):
 			m.giveUp(w)
 			return nil, m.acquireErr(ctx, l.key, err)
-		}
-		if res.Acquired {
+		case err != nil:
+			// In line already: ride out a lost connection (rueidis
+			// reconnects) until ctx ends; the place lasts LineTTL.
+			backoff = min(max(2*backoff, m.minBO), m.maxBO)
+			d = backoff
+		case res.Acquired:
 			m.unregister(w)
 			l.fence, l.sent = res.Fence, sent
 			return l, nil
+		default:
+			w.since = sent
+			d = m.sleepFor(res, &backoff)
 		}
-		w.since = sent
-		d := m.sleepFor(res, &backoff)
 		if timer == nil {
 			timer = time.NewTimer(d)
 		} else {
@@ -170,6 +180,13 @@ func (m *Manager) wait(ctx context.Context, w *waiter) (lock.Lease, error) {
 		}
 		m.register(w) // the hand-off was too old to trust: back in line
 	}
+}
+
+// transient reports whether err is a connection error that a retry on a
+// new connection may not meet: not an error reply from Redis.
+func transient(err error) bool {
+	_, isReply := rueidis.IsRedisErr(err)
+	return !isReply && !isCtxErr(err) && !errors.Is(err, lock.ErrClosed)
 }
 
 // sleepFor is how long a waiter sleeps before it tries again unless a
