@@ -283,11 +283,11 @@ func (m *Manager) Acquire(ctx context.Context, key string, ttl time.Duration) (l
 }
 
 func notAcquired(key string, ctxErr error) error {
-	return fmt.Errorf("%w: key %q: %w", lock.ErrNotAcquired, key, ctxErr)
+	return fmt.Errorf("lockmem: key %q: %w: %w", key, lock.ErrNotAcquired, ctxErr)
 }
 
 func notHeld(key string) error {
-	return fmt.Errorf("%w: key %q", lock.ErrNotHeld, key)
+	return fmt.Errorf("lockmem: key %q: %w", key, lock.ErrNotHeld)
 }
 
 // Close ends every lease and wakes every waiter of m: waiting Acquire calls

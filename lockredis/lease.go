@@ -97,13 +97,13 @@ func (l *Lease) Refresh(ctx context.Context, ttl time.Duration) error {
 		return err
 	}
 	if l == nil {
-		return fmt.Errorf("%w: nil lease", lock.ErrNotHeld)
+		return fmt.Errorf("lockredis: nil lease: %w", lock.ErrNotHeld)
 	}
 	if err := lock.ValidateTTL(ttl, lock.MaxTTL); err != nil {
 		return err
 	}
 	if l.released.Load() {
-		return fmt.Errorf("%w: key %q: released", lock.ErrNotHeld, l.key)
+		return fmt.Errorf("lockredis: key %q: released: %w", l.key, lock.ErrNotHeld)
 	}
 	m := l.m
 	if m.closed.Load() {
@@ -124,7 +124,7 @@ func (l *Lease) Refresh(ctx context.Context, ttl time.Duration) error {
 		if w := l.watch.Load(); w != nil {
 			w.markLost()
 		}
-		return fmt.Errorf("%w: key %q", lock.ErrNotHeld, l.key)
+		return fmt.Errorf("lockredis: key %q: %w", l.key, lock.ErrNotHeld)
 	}
 	if err != nil {
 		// Extended on the primary, not acknowledged by enough replicas.

@@ -217,7 +217,7 @@ func New(opts Options) (*Manager, error) {
 // opts.InvalidationsForwarded. opts.ClientOption is ignored.
 func NewWithClient(c rueidis.Client, opts Options) (*Manager, error) {
 	if c == nil {
-		return nil, fmt.Errorf("%w: lockredis: nil client", lock.ErrInvalidOptions)
+		return nil, fmt.Errorf("lockredis: %w: nil client", lock.ErrInvalidOptions)
 	}
 	m, err := newManager(opts)
 	if err != nil {
@@ -234,7 +234,7 @@ func newManager(opts Options) (*Manager, error) {
 		opts.Prefix = DefaultPrefix
 	}
 	if strings.ContainsAny(opts.Prefix, "{}") {
-		return nil, fmt.Errorf("%w: lockredis: Prefix %q contains a brace, which would "+
+		return nil, fmt.Errorf("lockredis: %w: Prefix %q contains a brace, which would "+
 			"change the keys' hash tag", lock.ErrInvalidOptions, opts.Prefix)
 	}
 	if opts.MinBackoff == 0 {
@@ -244,21 +244,21 @@ func newManager(opts Options) (*Manager, error) {
 		opts.MaxBackoff = DefaultMaxBackoff
 	}
 	if opts.MinBackoff < 0 || opts.MaxBackoff < opts.MinBackoff {
-		return nil, fmt.Errorf("%w: lockredis: want 0 < MinBackoff (%v) <= MaxBackoff (%v)",
+		return nil, fmt.Errorf("lockredis: %w: want 0 < MinBackoff (%v) <= MaxBackoff (%v)",
 			lock.ErrInvalidOptions, opts.MinBackoff, opts.MaxBackoff)
 	}
 	if opts.LineTTL == 0 {
 		opts.LineTTL = DefaultLineTTL
 	}
 	if opts.LineTTL < minLineTTL || opts.LineTTL > lock.MaxTTL {
-		return nil, fmt.Errorf("%w: lockredis: LineTTL %v: want %v to %v",
+		return nil, fmt.Errorf("lockredis: %w: LineTTL %v: want %v to %v",
 			lock.ErrInvalidOptions, opts.LineTTL, minLineTTL, lock.MaxTTL)
 	}
 	if opts.CleanupTimeout == 0 {
 		opts.CleanupTimeout = DefaultCleanupTimeout
 	}
 	if opts.WaitReplicas < 0 || opts.WaitTimeout < 0 {
-		return nil, fmt.Errorf("%w: lockredis: want WaitReplicas (%d) and WaitTimeout (%v) >= 0",
+		return nil, fmt.Errorf("lockredis: %w: want WaitReplicas (%d) and WaitTimeout (%v) >= 0",
 			lock.ErrInvalidOptions, opts.WaitReplicas, opts.WaitTimeout)
 	}
 	if opts.WaitTimeout == 0 {
@@ -485,7 +485,7 @@ func isCtxErr(err error) bool {
 }
 
 func notAcquired(key string, cerr error) error {
-	return fmt.Errorf("%w: key %q: %w", lock.ErrNotAcquired, key, cerr)
+	return fmt.Errorf("lockredis: key %q: %w: %w", key, lock.ErrNotAcquired, cerr)
 }
 
 // mapErr turns rueidis's "client closing" after Close into lock.ErrClosed.

@@ -35,7 +35,7 @@ func (m *Manager) notReplicated(res rueidis.RedisResult) error {
 		return fmt.Errorf("wait for %d replicas: %w", m.waitN, err)
 	}
 	if n < m.waitN {
-		return fmt.Errorf("%w: %d of %d replicas acknowledged within %dms", ErrNotReplicated, n, m.waitN, m.waitMS)
+		return fmt.Errorf("%w: %d of %d acknowledged within %dms", ErrNotReplicated, n, m.waitN, m.waitMS)
 	}
 	return nil
 }
