@@ -292,9 +292,9 @@ func ctxT(t *testing.T) context.Context {
 	return ctx
 }
 
-// TestInterop_sameKeyNames checks that every language names the lock and
-// fence keys of a user key as lockredis does, including keys with braces
-// and a key starting with "}".
+// TestInterop_sameKeyNames checks that every language names the five keys
+// of a user key (lock, fence, line, line deadlines, line args) as lockredis
+// does, including keys with braces and a key starting with "}".
 func TestInterop_sameKeyNames(t *testing.T) {
 	e := newEnv(t)
 	for _, key := range []string{"orders/42", "a{b}c", "}x", "{}", "ключ", "k:fence"} {
@@ -304,7 +304,9 @@ func TestInterop_sameKeyNames(t *testing.T) {
 		}
 		for _, w := range e.workers {
 			got := w.must(t, "keys %s", key)
-			if wantReply := "keys " + want + " " + want + ":fence"; got != wantReply {
+			wantReply := "keys " + want + " " + want + ":fence " + want + ":line " +
+				want + ":line:deadlines " + want + ":line:args"
+			if got != wantReply {
 				t.Errorf("%s: keys %q = %q, want %q", w.name, key, got, wantReply)
 			}
 		}
