@@ -2,7 +2,8 @@
 // helpers in python/ and node/ as child processes against one real
 // redis-server, next to a Go lockredis Manager, all contending on the same
 // keys: it proves that the scripts in scripts/, used from other languages,
-// keep the lock contract with Go holders.
+// keep the lock contract with Go holders, and (fairness_test.go) that
+// waiters of all three languages share one FIFO line per key (protocol 2).
 //
 // The tests need /usr/bin/python3 (or python3) with redis-py
 // (`apt-get install -y python3-redis`) and node with ioredis installed in
