@@ -271,7 +271,7 @@ func TestInterop_lineOrderAcrossLanguages(t *testing.T) {
 }
 
 // TestInterop_pollersKeepTheirPlace has a Python and a Node waiter without
-// Pub/Sub (--poll, line TTL 300ms) queue for a held key, then Go waiters
+// Pub/Sub (--poll, line TTL 600ms) queue for a held key, then Go waiters
 // arrive after them, and the holder keeps the key for more than three line
 // TTLs. It checks that the pollers' entries carry no channel, that they are
 // still first in line when the holder releases, and that they are served
@@ -283,7 +283,7 @@ func TestInterop_pollersKeepTheirPlace(t *testing.T) {
 	const (
 		key     = "pollers"
 		ttl     = 10 * time.Second
-		lineTTL = 300 * time.Millisecond
+		lineTTL = 600 * time.Millisecond
 		hold    = 20 * time.Millisecond
 		goN     = 4
 	)
