@@ -2,7 +2,8 @@
 // helpers in python/ and node/ as child processes against one real
 // redis-server, next to a Go lockredis Manager, all contending on the same
 // keys: it proves that the scripts in scripts/, used from other languages,
-// keep the lock contract with Go holders.
+// keep the lock contract with Go holders, and (fairness_test.go) that
+// waiters of all three languages share one FIFO line per key (protocol 2).
 //
 // The tests need /usr/bin/python3 (or python3) with redis-py
 // (`apt-get install -y python3-redis`) and node with ioredis installed in
@@ -64,7 +65,8 @@ func pythonArgv(t *testing.T) []string {
 		}
 		tried = append(tried, fmt.Sprintf("%s: %v %s", py, err, bytes.TrimSpace(out)))
 	}
-	t.Fatalf("no python3 with redis-py (tried %s): install it with `apt-get install -y python3-redis` "+
+	t.Fatalf("no python3 with redis-py (tried %s): install it with "+
+		"`apt-get install -y python3-redis` "+
 		"(the interop tests need every language; they are not skipped)", strings.Join(tried, "; "))
 	return nil
 }
@@ -74,7 +76,8 @@ func nodeArgv(t *testing.T) []string {
 	t.Helper()
 	node, err := exec.LookPath("node")
 	if err != nil {
-		t.Fatalf("node not found: install Node.js (apt-get install -y nodejs npm), then run `npm ci` in examples/node " +
+		t.Fatalf("node not found: install Node.js (apt-get install -y nodejs npm), " +
+			"then run `npm ci` in examples/node " +
 			"(the interop tests need every language; they are not skipped)")
 	}
 	cmd := exec.Command(node, "-e", `require("ioredis")`)
@@ -118,12 +121,13 @@ type worker struct {
 	stderr *lockedBuffer
 }
 
-// startWorker starts lang's worker against addr and waits for its "ready"
-// line. The process ends in t.Cleanup: stdin is closed (the worker exits at
-// end of input), then it is killed if it has not exited within 5 s.
-func startWorker(t *testing.T, lang language, addr string) *worker {
+// startWorker starts lang's worker against addr, with extra arguments
+// (such as "--poll") after it, and waits for its "ready" line. The process
+// ends in t.Cleanup: stdin is closed (the worker exits at end of input), then
+// it is killed if it has not exited within 5 s.
+func startWorker(t *testing.T, lang language, addr string, extra ...string) *worker {
 	t.Helper()
-	argv := append(lang.argv(t), addr)
+	argv := append(append(lang.argv(t), addr), extra...)
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.SysProcAttr = sysProcAttr()
 	w := &worker{name: lang.name, lines: make(chan string, 16), stderr: &lockedBuffer{}}
@@ -176,7 +180,8 @@ func (w *worker) read() (string, error) {
 		}
 		return l, nil
 	case <-time.After(replyTimeout):
-		return "", fmt.Errorf("%s worker: no reply within %v; stderr:\n%s", w.name, replyTimeout, w.stderr)
+		return "", fmt.Errorf("%s worker: no reply within %v; stderr:\n%s",
+			w.name, replyTimeout, w.stderr)
 	}
 }
 
@@ -217,20 +222,32 @@ type acquired struct {
 
 // acquire runs "acquire KEY TTL WAIT" and parses "acquired FENCE TOKEN".
 func (w *worker) acquire(key string, ttl, wait time.Duration) (acquired, error) {
-	reply, err := w.do("acquire %s %d %d", key, ttl.Milliseconds(), wait.Milliseconds())
+	return w.acquireLine(key, ttl, wait, 0)
+}
+
+// acquireLine is acquire with the worker's place in line kept alive for
+// lineTTL; 0 leaves the helper's default.
+func (w *worker) acquireLine(key string, ttl, wait, lineTTL time.Duration) (acquired, error) {
+	cmd := fmt.Sprintf("acquire %s %d %d", key, ttl.Milliseconds(), wait.Milliseconds())
+	if lineTTL > 0 {
+		cmd += fmt.Sprintf(" %d", lineTTL.Milliseconds())
+	}
+	reply, err := w.do("%s", cmd)
 	if err != nil {
 		return acquired{}, err
 	}
 	f := strings.Fields(reply)
 	if len(f) != 3 || f[0] != "acquired" {
-		return acquired{}, fmt.Errorf("%s worker: acquire %s: reply %q, want \"acquired FENCE TOKEN\"", w.name, key, reply)
+		return acquired{}, fmt.Errorf("%s worker: acquire %s: reply %q, want \"acquired FENCE TOKEN\"",
+			w.name, key, reply)
 	}
 	fence, err := strconv.ParseUint(f[1], 10, 64)
 	if err != nil {
 		return acquired{}, fmt.Errorf("%s worker: acquire %s: fence %q: %v", w.name, key, f[1], err)
 	}
 	if !tokenRe.MatchString(f[2]) {
-		return acquired{}, fmt.Errorf("%s worker: token %q is not 22 characters of unpadded URL-safe base64 like lock.NewToken", w.name, f[2])
+		return acquired{}, fmt.Errorf("%s worker: token %q is not 22 characters of unpadded "+
+			"URL-safe base64 like lock.NewToken", w.name, f[2])
 	}
 	return acquired{fence, f[2]}, nil
 }
@@ -260,21 +277,32 @@ func newEnv(t *testing.T) *env {
 		l.argv(t)
 	}
 	srv := redistest.Start(t)
-	c, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{srv.Addr}, DisableCache: true})
+	c, err := rueidis.NewClient(rueidis.ClientOption{
+		InitAddress: []string{srv.Addr}, DisableCache: true,
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Close)
-	m, err := lockredis.New(lockredis.Options{ClientOption: rueidis.ClientOption{InitAddress: []string{srv.Addr}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { m.Close() })
-	e := &env{addr: srv.Addr, c: c, m: m}
+	e := &env{addr: srv.Addr, c: c, m: newManager(t, srv.Addr)}
 	for _, l := range languages {
 		e.workers = append(e.workers, startWorker(t, l, srv.Addr))
 	}
 	return e
+}
+
+// newManager is a Go process of its own: a lockredis Manager with its own
+// connections and hand-off channel, closed in t.Cleanup.
+func newManager(t *testing.T, addr string) *lockredis.Manager {
+	t.Helper()
+	m, err := lockredis.New(lockredis.Options{
+		ClientOption: rueidis.ClientOption{InitAddress: []string{addr}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	return m
 }
 
 // lockKey is the Redis name of key's lock, built here from the documented
@@ -292,9 +320,9 @@ func ctxT(t *testing.T) context.Context {
 	return ctx
 }
 
-// TestInterop_sameKeyNames checks that every language names the lock and
-// fence keys of a user key as lockredis does, including keys with braces
-// and a key starting with "}".
+// TestInterop_sameKeyNames checks that every language names the five keys
+// of a user key (lock, fence, line, line deadlines, line args) as lockredis
+// does, including keys with braces and a key starting with "}".
 func TestInterop_sameKeyNames(t *testing.T) {
 	e := newEnv(t)
 	for _, key := range []string{"orders/42", "a{b}c", "}x", "{}", "ключ", "k:fence"} {
@@ -304,7 +332,9 @@ func TestInterop_sameKeyNames(t *testing.T) {
 		}
 		for _, w := range e.workers {
 			got := w.must(t, "keys %s", key)
-			if wantReply := "keys " + want + " " + want + ":fence"; got != wantReply {
+			wantReply := "keys " + want + " " + want + ":fence " + want + ":line " +
+				want + ":line:deadlines " + want + ":line:args"
+			if got != wantReply {
 				t.Errorf("%s: keys %q = %q, want %q", w.name, key, got, wantReply)
 			}
 		}
@@ -369,7 +399,8 @@ func TestInterop_mutualExclusion(t *testing.T) {
 				errs <- err
 			}
 			time.Sleep(hold)
-			if err := e.c.Do(ctx, e.c.B().Set().Key(counter).Value(strconv.FormatInt(n+1, 10)).Build()).Error(); err != nil {
+			set := e.c.B().Set().Key(counter).Value(strconv.FormatInt(n+1, 10)).Build()
+			if err := e.c.Do(ctx, set).Error(); err != nil {
 				errs <- err
 			}
 			leave()
@@ -395,7 +426,8 @@ func TestInterop_mutualExclusion(t *testing.T) {
 				}
 				leave()
 				if got, err := w.do("release"); err != nil || got != "released 1" {
-					errs <- fmt.Errorf("%s: release: %q, %v (want \"released 1\": the lease cannot have expired)", w.name, got, err)
+					errs <- fmt.Errorf("%s: release: %q, %v "+
+						"(want \"released 1\": the lease cannot have expired)", w.name, got, err)
 				}
 				time.Sleep(pause)
 			}
@@ -418,12 +450,14 @@ func TestInterop_mutualExclusion(t *testing.T) {
 		t.Fatal(err)
 	}
 	if want := int64(rounds * (1 + len(e.workers))); total != want {
-		t.Errorf("counter = %d after %d locked increments: %d lost to overlapping holders", total, want, want-total)
+		t.Errorf("counter = %d after %d locked increments: %d lost to overlapping holders",
+			total, want, want-total)
 	}
 	handoffs := 0
 	for i := 1; i < len(fences); i++ {
 		if fences[i] <= fences[i-1] {
-			t.Errorf("fence %d (%s) after %d (%s): want strictly increasing in acquisition order", fences[i], holders[i], fences[i-1], holders[i-1])
+			t.Errorf("fence %d (%s) after %d (%s): want strictly increasing in acquisition order",
+				fences[i], holders[i], fences[i-1], holders[i-1])
 		}
 		if holders[i] != holders[i-1] {
 			handoffs++
@@ -434,7 +468,8 @@ func TestInterop_mutualExclusion(t *testing.T) {
 	if handoffs < len(e.workers) {
 		t.Errorf("%d hand-offs between languages, want at least %d", handoffs, len(e.workers))
 	}
-	t.Logf("%d acquisitions, %d hand-offs between languages, fences %d..%d", len(fences), handoffs, fences[0], fences[len(fences)-1])
+	t.Logf("%d acquisitions, %d hand-offs between languages, fences %d..%d",
+		len(fences), handoffs, fences[0], fences[len(fences)-1])
 }
 
 // TestInterop_fencesGrowAcrossLanguages takes one key in turn from Go,
@@ -542,12 +577,82 @@ func TestInterop_releaseWakesGoWaiter(t *testing.T) {
 			}
 			defer r.l.Release(context.Background())
 			if d := r.at.Sub(released); d > promptly {
-				t.Errorf("go waiter took the key %v after %s's release, want under %v (the TTL was %v)", d, w.name, promptly, ttl)
+				t.Errorf("go waiter took the key %v after %s's release, want under %v (the TTL was %v)",
+					d, w.name, promptly, ttl)
 			}
 			if r.l.Fence() <= held.fence {
 				t.Errorf("go fence %d after %s's %d: want greater", r.l.Fence(), w.name, held.fence)
 			}
 			t.Logf("go waiter woke %v after %s's release", r.at.Sub(released), w.name)
+		})
+	}
+}
+
+// TestInterop_goReleaseWakesWorker has a Go lease with a long TTL hold a key
+// while the Python, then the Node, worker waits for it in line with a line
+// TTL of a minute, so it would try again by itself only after 20s (its
+// keep-alive) or 30s (the holder's TTL). It checks that Go's release hands
+// the key to the worker promptly: by the hand-off published on the helper's
+// channel.
+func TestInterop_goReleaseWakesWorker(t *testing.T) {
+	e := newEnv(t)
+	ctx := ctxT(t)
+	const (
+		ttl     = 30 * time.Second
+		lineTTL = time.Minute
+		// promptly is generous for a loaded CI machine, yet far from the
+		// helper's own next attempt (lineTTL/3).
+		promptly = 5 * time.Second
+	)
+	for _, w := range e.workers {
+		t.Run(w.name, func(t *testing.T) {
+			key := "wake-worker/" + w.name
+			l, ok, err := e.m.TryAcquire(ctx, key, ttl)
+			if err != nil || !ok {
+				t.Fatalf("go TryAcquire = %v, %v", ok, err)
+			}
+			type result struct {
+				a   acquired
+				err error
+				at  time.Time
+			}
+			done := make(chan result, 1)
+			go func() {
+				a, err := w.acquireLine(key, 5*time.Second, lineTTL/3-time.Second, lineTTL)
+				done <- result{a, err, time.Now()}
+			}()
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				line, err := e.line(ctx, key)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(line) == 1 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("%s did not join the line: %q", w.name, line)
+				}
+				time.Sleep(2 * time.Millisecond)
+			}
+			released := time.Now()
+			if err := l.Release(ctx); err != nil {
+				t.Fatal(err)
+			}
+			r := <-done
+			if r.err != nil {
+				t.Fatalf("%s acquire after go's release: %v", w.name, r.err)
+			}
+			if got := w.must(t, "release"); got != "released 1" {
+				t.Errorf("%s release = %q", w.name, got)
+			}
+			if d := r.at.Sub(released); d > promptly {
+				t.Errorf("%s took the key %v after go's release, want under %v", w.name, d, promptly)
+			}
+			if r.a.fence != l.Fence()+1 {
+				t.Errorf("%s fence %d after go's %d: want the next one", w.name, r.a.fence, l.Fence())
+			}
+			t.Logf("%s woke %v after go's release", w.name, r.at.Sub(released))
 		})
 	}
 }
@@ -585,7 +690,8 @@ func TestInterop_staleHolderCannotFreeGoLease(t *testing.T) {
 				t.Fatal(err)
 			}
 			if !in.Held || in.Token != l.Token().String() {
-				t.Fatalf("after the stale %s release: inspect = %+v, want held by go's token %q", w.name, in, l.Token())
+				t.Fatalf("after the stale %s release: inspect = %+v, want held by go's token %q",
+					w.name, in, l.Token())
 			}
 			if in.TTL <= 0 || in.TTL > goTTL {
 				t.Errorf("go lease TTL %v after the stale %s refresh, want in (0, %v]", in.TTL, w.name, goTTL)

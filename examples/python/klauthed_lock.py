@@ -1,10 +1,10 @@
 """klauthed lock from Python: the scripts in ../../scripts through redis-py.
 
 Leases taken here interoperate with Go services using lockredis (and with
-the Node helper) on the same Redis: same scripts, same key names, same
-token format. Needs redis-py (Debian: ``apt-get install python3-redis``,
-then run with ``/usr/bin/python3``; a pyenv or venv python does not see
-Debian's packages).
+the Node helper) on the same Redis: same scripts (protocol 2: a FIFO line
+per key), same key names, same token format. Needs redis-py (Debian:
+``apt-get install python3-redis``, then run with ``/usr/bin/python3``; a
+pyenv or venv python does not see Debian's packages).
 
     import redis
     from klauthed_lock import LockClient
@@ -17,15 +17,20 @@ Debian's packages).
         ...  # work; pass lease.fence to storage; lease.refresh(30000) if long
     finally:
         lease.release()
+    locks.close()  # stops the Pub/Sub listener
 
-Run ``python3 klauthed_lock.py worker HOST:PORT`` for the line protocol the
-interop test (examples/interop_test.go) drives.
+Waiting (LockClient.acquire) takes a place in the key's line in Redis,
+shared with Go and Node waiters, and is served in line order: see
+LockClient.acquire.
+
+Run ``python3 klauthed_lock.py worker HOST:PORT [PREFIX] [--poll]`` for the
+line protocol the interop test (examples/interop_test.go) drives.
 """
 
 import base64
-import random
 import secrets
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -42,10 +47,12 @@ MIN_TTL_MS = 1
 MAX_TTL_MS = 365 * 24 * 3600 * 1000
 MAX_KEY_LEN = 64 << 10
 
-# Polling bounds while waiting for a held key (lockredis: MinBackoff,
-# MaxBackoff). A wait never sleeps past the holder's remaining TTL.
-_MIN_BACKOFF = 0.001
-_MAX_BACKOFF = 0.05
+#: How long a waiter's place in line lasts unless kept alive (lockredis:
+#: DefaultLineTTL); a waiter keeps it alive every line_ttl_ms / 3.
+DEFAULT_LINE_TTL_MS = 3000
+#: The shortest line TTL a waiter accepts (lockredis: 30ms): the keep-alive
+#: every line_ttl_ms / 3 must leave room for a round trip.
+MIN_LINE_TTL_MS = 30
 
 
 def _script(name):
@@ -71,11 +78,32 @@ def lock_keys(key, prefix=DEFAULT_PREFIX):
     return lock_key, lock_key + ":fence"
 
 
+def key_names(key, prefix=DEFAULT_PREFIX):
+    """Return the five names the acquire and release scripts take, in their
+    KEYS order: lock, fence, line, line deadlines, line args. The line's
+    names append ":line", ":line:deadlines" and ":line:args" to the lock
+    key, so all five share its hash tag."""
+    lock_key, fence_key = lock_keys(key, prefix)
+    return (lock_key, fence_key, lock_key + ":line", lock_key + ":line:deadlines",
+            lock_key + ":line:args")
+
+
 def _check(key, ttl_ms):
     if not isinstance(key, str) or key == "" or len(key.encode("utf-8")) > MAX_KEY_LEN:
         raise ValueError("klauthed: invalid key %r: want 1 to %d bytes" % (key, MAX_KEY_LEN))
     if isinstance(ttl_ms, bool) or not isinstance(ttl_ms, int) or not MIN_TTL_MS <= ttl_ms <= MAX_TTL_MS:
         raise ValueError("klauthed: invalid ttl_ms %r: want an int from %d to %d" % (ttl_ms, MIN_TTL_MS, MAX_TTL_MS))
+
+
+def _check_line_ttl(line_ttl_ms):
+    if (isinstance(line_ttl_ms, bool) or not isinstance(line_ttl_ms, int)
+            or not MIN_LINE_TTL_MS <= line_ttl_ms <= MAX_TTL_MS):
+        raise ValueError("klauthed: invalid line_ttl_ms %r: want an int from %d to %d"
+                         % (line_ttl_ms, MIN_LINE_TTL_MS, MAX_TTL_MS))
+
+
+def _text(b):
+    return b.decode("utf-8") if isinstance(b, bytes) else b
 
 
 class Lease:
@@ -98,64 +126,151 @@ class Lease:
         return self._client._refresh(keys=[self.lock_key], args=[self.token, ttl_ms]) == 1
 
     def release(self):
-        """Free the key if this lease still holds it. Returns True if it
-        did; False if the lease had already ended (expired, released),
-        in which case nothing changed: a stale lease never frees the next
-        holder's lock. Safe to call twice."""
-        return self._client._release(keys=[self.lock_key], args=[self.token]) == 1
+        """Free the key if this lease still holds it, handing it to the head
+        of the key's line if anyone waits. Returns True if it did; False if
+        the lease had already ended (expired, released), in which case
+        nothing changed: a stale lease never frees the next holder's lock.
+        Safe to call twice."""
+        return self._client._release_token(self.key, self.token)
 
     def __repr__(self):
         return "Lease(key=%r, fence=%d)" % (self.key, self.fence)
 
 
+class _Waiter:
+    """One acquire call in line: its event is set when it should try again
+    at once (a hand-off published for its token, or Pub/Sub came back)."""
+
+    __slots__ = ("event",)
+
+    def __init__(self):
+        self.event = threading.Event()
+
+
 class LockClient:
     """Leases on string keys, stored by the klauthed scripts in the Redis
-    behind `r` (a redis.Redis or redis.cluster.RedisCluster). The scripts
-    run with EVALSHA and fall back to EVAL on NOSCRIPT (register_script)."""
+    behind `r` (a redis.Redis). The scripts run with EVALSHA and fall back
+    to EVAL on NOSCRIPT (register_script).
 
-    def __init__(self, r, prefix=DEFAULT_PREFIX):
+    With pubsub=True (the default) the client subscribes, on a connection of
+    its own and in a daemon thread, to its channel prefix + "wake:" + 24 hex
+    digits, where release scripts publish the hand-offs to its waiters.
+    With pubsub=False, or when the server refuses SUBSCRIBE, or while the
+    subscription is down, waiters poll (see acquire). Call close() when done.
+    A LockClient is safe to use from several threads."""
+
+    def __init__(self, r, prefix=DEFAULT_PREFIX, pubsub=True):
         self.prefix = prefix
         self._acquire = r.register_script(_script("acquire"))
         self._refresh = r.register_script(_script("refresh"))
         self._release = r.register_script(_script("release"))
         self._inspect = r.register_script(_script("inspect"))
+        self._mu = threading.Lock()
+        self._waiters = {}  # token -> _Waiter, for acquire calls in line
+        self._closed = threading.Event()
+        self._subscribed = threading.Event()
+        self._thread = None
+        #: The channel that this client's waiters give the scripts; "" when
+        #: they poll only.
+        self.channel = ""
+        if pubsub:
+            self.channel = prefix + "wake:" + secrets.token_hex(12)
+            self._thread = threading.Thread(target=self._listen, args=(r,),
+                                            name="klauthed-wake", daemon=True)
+            self._thread.start()
+
+    def close(self):
+        """Stop the Pub/Sub listener. Waiters still in acquire poll."""
+        self._closed.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(2.0)
+
+    def wait_subscribed(self, timeout):
+        """Wait up to `timeout` seconds for the Pub/Sub subscription; return
+        whether it is up. Waiting works without it, more slowly."""
+        return self._subscribed.wait(timeout)
 
     def try_acquire(self, key, ttl_ms, token=None):
-        """Make one attempt. Returns (lease, 0) on success, or (None, pttl)
-        while another token holds the key, with pttl the holder's remaining
-        milliseconds (-1 if its key has no expiry). Redis errors (a key of
-        the wrong type, ...) raise redis.ResponseError and write nothing."""
+        """Make one attempt, never joining the key's line (line ttl 0).
+        Returns (lease, 0) on success, or (None, pttl) while another token
+        holds the key or others wait in its line (then the key is handed to
+        the line's head, and pttl is that holder's remaining milliseconds;
+        -1 if its key has no expiry). Redis errors (a key of the wrong type,
+        ...) raise redis.ResponseError and write nothing."""
         _check(key, ttl_ms)
         token = token or new_token()
-        lock_key, fence_key = lock_keys(key, self.prefix)
-        acquired, fence, ttl = self._acquire(keys=[lock_key, fence_key], args=[token, ttl_ms])
+        acquired, fence, pttl, _ = self._acquire(keys=key_names(key, self.prefix),
+                                                 args=[token, ttl_ms, 0, ""])
         if acquired == 1:
             return Lease(self, key, token, fence), 0
-        return None, ttl
+        return None, pttl
 
-    def acquire(self, key, ttl_ms, wait=None):
+    def acquire(self, key, ttl_ms, wait=None, line_ttl_ms=DEFAULT_LINE_TTL_MS):
         """Take key for ttl_ms milliseconds, waiting up to `wait` seconds
-        (None: forever) while another holder has it. Waiting polls with
-        backoff from 1 ms to 50 ms, never sleeping past the holder's
-        remaining TTL or the deadline. Returns the Lease, or None when the
-        wait ended with the key still held."""
+        (None: forever) while another holder has it. Returns the Lease, or
+        None when the wait ended with the key still held. wait <= 0 is
+        try_acquire.
+
+        One token for the whole wait. Each attempt runs the acquire script
+        with it and line_ttl_ms, which takes the key, or else keeps this
+        token's place in the key's line (joining at its tail the first time)
+        alive for line_ttl_ms. When the holder releases, the release script
+        sets the key to the line head's token and publishes the hand-off on
+        the head's channel. Between attempts the waiter sleeps until, first:
+        a hand-off for its token arrives on this client's channel (or a
+        release by this client hands it the key, or the subscription comes
+        back); line_ttl_ms / 3 passed (the keep-alive); or the holder's PTTL
+        ran out (+1 ms, +1 ms per place behind the head, at most 50). A
+        holder without expiry (PTTL -1) leaves the keep-alive. Without
+        Pub/Sub that is polling. Whatever woke it, the next attempt (same
+        token) is what returns the lease: a hand-off shows as the lock
+        holding this token, {1, fence, ttl, 0}, and the attempt restarts
+        the lease's TTL.
+
+        When the wait ends (deadline, error, interrupt) it runs the release
+        script with the token, which takes it out of the line or, if the key
+        was handed to it meanwhile, releases the key to the next in line."""
+        _check(key, ttl_ms)
+        if wait is not None and wait <= 0:
+            return self.try_acquire(key, ttl_ms)[0]
+        _check_line_ttl(line_ttl_ms)
+        names = key_names(key, self.prefix)
+        token = new_token()
         deadline = None if wait is None else time.monotonic() + wait
-        backoff = _MIN_BACKOFF
-        token = new_token()  # one token for all attempts: a retry after a lost reply is idempotent
-        while True:
-            lease, pttl = self.try_acquire(key, ttl_ms, token)
-            if lease is not None:
-                return lease
-            sleep = random.uniform(backoff / 2, backoff)
-            if pttl > 0:
-                sleep = min(sleep, pttl / 1000.0)
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                sleep = min(sleep, left)
-            time.sleep(sleep)
-            backoff = min(backoff * 2, _MAX_BACKOFF)
+        keep = line_ttl_ms / 3000.0
+        w = _Waiter()
+        # Registered before the first attempt: a release may hand the key to
+        # this token before the attempt's reply arrives.
+        with self._mu:
+            self._waiters[token] = w
+        try:
+            while True:
+                w.event.clear()  # a wake-up during the attempt still counts
+                acquired, fence, pttl, position = self._acquire(
+                    keys=names, args=[token, ttl_ms, line_ttl_ms, self.channel])
+                if acquired == 1:
+                    return Lease(self, key, token, fence)
+                sleep = keep
+                if pttl > 0:
+                    sleep = min(sleep, (pttl + 1 + min(max(position - 1, 0), 50)) / 1000.0)
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        self._release_token(key, token)
+                        return None
+                    sleep = min(sleep, left)
+                w.event.wait(sleep)
+        except BaseException:
+            # Leave the line, or free a key handed to us meanwhile; the
+            # original error is what the caller needs to see.
+            try:
+                self._release_token(key, token)
+            except Exception:
+                pass
+            raise
+        finally:
+            with self._mu:
+                del self._waiters[token]
 
     def inspect(self, key):
         """Read the key without writing: (token, pttl) of its holder, or
@@ -164,25 +279,91 @@ class LockClient:
         token, pttl = self._inspect(keys=[lock_key])
         if token is None:
             return None, 0
-        return token.decode("utf-8") if isinstance(token, bytes) else token, pttl
+        return _text(token), pttl
+
+    def _release_token(self, key, token):
+        # The release script: frees the key if token holds it, else takes
+        # token out of the line; hands a freed key to the line's head. It
+        # does not publish to this client's own channel: the reply names
+        # the head, and a waiter of this client is woken here.
+        released, nxt, _, _ = self._release(keys=key_names(key, self.prefix),
+                                            args=[token, self.channel])
+        if nxt is not None:
+            self._wake(_text(nxt))
+        return released == 1
+
+    def _wake(self, token):
+        with self._mu:
+            w = self._waiters.get(token)
+        if w is not None:
+            w.event.set()
+
+    def _wake_all(self):
+        with self._mu:
+            waiters = list(self._waiters.values())
+        for w in waiters:
+            w.event.set()
+
+    def _listen(self, r):
+        # Keeps a PubSub connection subscribed to self.channel until close.
+        # Each (re)subscription wakes all waiters: a hand-off may have been
+        # published while nobody listened. A server or ACL that refuses
+        # SUBSCRIBE leaves the waiters polling.
+        backoff = 0.01
+        while not self._closed.is_set():
+            ps = r.pubsub()
+            try:
+                ps.subscribe(self.channel)
+                while not self._closed.is_set():
+                    msg = ps.get_message(timeout=0.2)
+                    if msg is None:
+                        continue
+                    if msg["type"] == "subscribe":
+                        self._subscribed.set()
+                        backoff = 0.01
+                        self._wake_all()
+                    elif msg["type"] == "message":
+                        # "fence ttl token": wake the token's waiter, whose
+                        # next attempt returns the lease.
+                        parts = _text(msg["data"]).split(" ", 2)
+                        if len(parts) == 3:
+                            self._wake(parts[2])
+            except redis.ResponseError:
+                return  # refused (NOPERM, unknown command): poll instead
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                pass
+            finally:
+                self._subscribed.clear()
+                try:
+                    ps.close()
+                except Exception:
+                    pass
+            self._closed.wait(backoff)
+            backoff = min(backoff * 2, 1.0)
 
 
-def worker(addr, prefix=DEFAULT_PREFIX, inp=sys.stdin, out=sys.stdout):
+def worker(addr, prefix=DEFAULT_PREFIX, pubsub=True, inp=sys.stdin, out=sys.stdout):
     """Serve the interop test's line protocol on inp/out, one reply line per
     command line, holding at most one lease:
 
-        acquire KEY TTL_MS WAIT_MS -> "acquired FENCE TOKEN" | "timeout"
+        acquire KEY TTL_MS WAIT_MS [LINE_TTL_MS]
+                                   -> "acquired FENCE TOKEN" | "timeout"
+        try KEY TTL_MS             -> "acquired FENCE TOKEN" | "held PTTL"
         refresh TTL_MS             -> "refreshed 1" | "refreshed 0"
         release                    -> "released 1" | "released 0"
         rmw KEY SLEEP_MS           -> "value N"  (GET, sleep, SET N=old+1: not atomic)
-        keys KEY                   -> "keys LOCK_KEY FENCE_KEY"
+        keys KEY                   -> "keys LOCK FENCE LINE LINE_DEADLINES LINE_ARGS"
         quit / end of input        -> exit
 
-    Any failure replies "error MESSAGE" and keeps serving.
+    With pubsub it says "ready" once subscribed (or after 5 s without);
+    without it, its waiters poll. Any failure replies "error MESSAGE" and
+    keeps serving.
     """
     host, _, port = addr.rpartition(":")
     r = redis.Redis(host=host, port=int(port))
-    locks = LockClient(r, prefix)
+    locks = LockClient(r, prefix, pubsub=pubsub)
+    if pubsub and not locks.wait_subscribed(5.0):
+        print("klauthed worker: not subscribed after 5 s; polling", file=sys.stderr, flush=True)
     lease = None
     print("ready", file=out, flush=True)
     for line in inp:
@@ -194,9 +375,17 @@ def worker(addr, prefix=DEFAULT_PREFIX, inp=sys.stdin, out=sys.stdout):
             if cmd == "quit":
                 break
             if cmd == "acquire":
-                got = locks.acquire(f[1], int(f[2]), wait=int(f[3]) / 1000.0)
+                line_ttl = int(f[4]) if len(f) > 4 else DEFAULT_LINE_TTL_MS
+                got = locks.acquire(f[1], int(f[2]), wait=int(f[3]) / 1000.0, line_ttl_ms=line_ttl)
                 if got is None:
                     reply = "timeout"
+                else:
+                    lease = got
+                    reply = "acquired %d %s" % (lease.fence, lease.token)
+            elif cmd == "try":
+                got, pttl = locks.try_acquire(f[1], int(f[2]))
+                if got is None:
+                    reply = "held %d" % pttl
                 else:
                     lease = got
                     reply = "acquired %d %s" % (lease.fence, lease.token)
@@ -210,15 +399,19 @@ def worker(addr, prefix=DEFAULT_PREFIX, inp=sys.stdin, out=sys.stdout):
                 r.set(f[1], n)
                 reply = "value %d" % n
             elif cmd == "keys":
-                reply = "keys %s %s" % lock_keys(f[1], prefix)
+                reply = "keys " + " ".join(key_names(f[1], prefix))
             else:
                 reply = "error unknown command %r" % cmd
         except Exception as e:  # report and keep serving: the test decides
             reply = "error %s: %s" % (type(e).__name__, str(e).replace("\n", " "))
         print(reply, file=out, flush=True)
+    locks.close()
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 3 or sys.argv[1] != "worker":
-        sys.exit("usage: klauthed_lock.py worker HOST:PORT [PREFIX]")
-    worker(sys.argv[2], *sys.argv[3:4])
+    args = sys.argv[1:]
+    poll = "--poll" in args
+    args = [a for a in args if a != "--poll"]
+    if len(args) < 2 or args[0] != "worker":
+        sys.exit("usage: klauthed_lock.py worker HOST:PORT [PREFIX] [--poll]")
+    worker(args[1], *args[2:3], pubsub=not poll)
