@@ -264,7 +264,8 @@ func New(ctx context.Context, coll *mongo.Collection, opts Options) (*Manager, e
 
 // createTTLIndex creates the TTL index on exp for freeAfter and reports
 // whether the collection has it.
-func createTTLIndex(ctx context.Context, coll *mongo.Collection, freeAfter time.Duration) (bool, error) {
+func createTTLIndex(ctx context.Context, coll *mongo.Collection, freeAfter time.Duration,
+) (bool, error) {
 	if freeAfter < 0 {
 		return false, nil
 	}
@@ -308,7 +309,8 @@ func probeServerNow(ctx context.Context, coll *mongo.Collection) (bool, error) {
 		return false, nil
 	}
 	if err == nil {
-		return false, fmt.Errorf("lockmongo: new: the probe update matched a document with _id %q", probeID)
+		return false, fmt.Errorf("lockmongo: new: the probe update matched a document with _id %q",
+			probeID)
 	}
 	return false, fmt.Errorf("lockmongo: new: probe for $$NOW: %w", err)
 }
@@ -377,7 +379,8 @@ func (m *Manager) newLease(ctx context.Context, key string, ttl time.Duration) (
 // when ctx ended while the request was in flight the lock may have been
 // taken, and a release is then sent in the background (bounded by
 // Options.CleanupTimeout), else it ends at its TTL.
-func (m *Manager) TryAcquire(ctx context.Context, key string, ttl time.Duration) (lock.Lease, bool, error) {
+func (m *Manager) TryAcquire(ctx context.Context, key string, ttl time.Duration,
+) (lock.Lease, bool, error) {
 	l, err := m.newLease(ctx, key, ttl)
 	if err != nil {
 		return nil, false, err

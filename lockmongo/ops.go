@@ -200,7 +200,8 @@ func acquirePipeline(token string, ttl time.Duration) mongo.Pipeline {
 
 // refreshOnce resets the expiry of key to ttl from now if token holds it and
 // it has not expired. It reports whether it did.
-func (m *Manager) refreshOnce(ctx context.Context, key, token string, ttl time.Duration) (bool, error) {
+func (m *Manager) refreshOnce(ctx context.Context, key, token string, ttl time.Duration,
+) (bool, error) {
 	var filter bson.D
 	var update any
 	if m.serverNow {
