@@ -44,6 +44,9 @@ type Config struct {
 	// whose TTL is fixed per client (rueidislock's KeyValidity) use it at
 	// construction.
 	TTL time.Duration
+	// MongoURI is the MongoDB for lockmongo; empty means an embedded
+	// FerretDB started for the backend.
+	MongoURI string
 }
 
 // BackendInfo describes a registered backend.
@@ -54,7 +57,10 @@ type BackendInfo struct {
 	Note string
 	// NeedsRedis is false for in-process backends (lockmem).
 	NeedsRedis bool
-	New        func(Config) (Backend, error)
+	// Optional backends run only when named in -backends: they are not in
+	// Backends(), the default set.
+	Optional bool
+	New      func(Config) (Backend, error)
 }
 
 var registry = map[string]BackendInfo{}
@@ -64,12 +70,23 @@ var order = []string{"lockredis", "lockmem", "raw", "rueidislock", "redislock", 
 
 func register(b BackendInfo) { registry[b.Name] = b }
 
-// Backends returns the names of the registered backends in report order.
-func Backends() []string {
+// Backends returns the names of the registered backends that are not
+// Optional, in report order: the default set of a run.
+func Backends() []string { return backends(false) }
+
+// AllBackends is Backends with the Optional backends at the end.
+func AllBackends() []string { return backends(true) }
+
+func backends(optional bool) []string {
 	var out []string
 	seen := map[string]bool{}
+	for n, b := range registry {
+		if b.Optional && !optional {
+			seen[n] = true
+		}
+	}
 	for _, n := range order {
-		if _, ok := registry[n]; ok {
+		if _, ok := registry[n]; ok && !seen[n] {
 			out = append(out, n)
 			seen[n] = true
 		}
@@ -88,7 +105,8 @@ func Backends() []string {
 func Lookup(name string) (BackendInfo, error) {
 	b, ok := registry[name]
 	if !ok {
-		return BackendInfo{}, fmt.Errorf("unknown backend %q (have %s)", name, strings.Join(Backends(), ", "))
+		return BackendInfo{}, fmt.Errorf("unknown backend %q (have %s)", name,
+			strings.Join(AllBackends(), ", "))
 	}
 	return b, nil
 }

@@ -22,8 +22,9 @@ import (
 // The zero value is not usable; make one with NewRequestCounter. Its
 // methods are safe for concurrent use.
 type RequestCounter struct {
-	mu    sync.Mutex
-	conns []*reqParser
+	mu     sync.Mutex
+	conns  []*reqParser
+	manual *reqParser // requests counted with Add
 }
 
 // NewRequestCounter returns a counter with no connections.
@@ -68,6 +69,22 @@ func (c *RequestCounter) Snapshot() RequestStats {
 		p.mu.Unlock()
 	}
 	return s
+}
+
+// Add counts one request called name, for clients whose requests are not
+// RESP (lockmongo counts its driver's commands with it).
+func (c *RequestCounter) Add(name string) {
+	c.mu.Lock()
+	if c.manual == nil {
+		c.manual = &reqParser{byCmd: map[string]*uint64{}}
+		c.conns = append(c.conns, c.manual)
+	}
+	p := c.manual
+	c.mu.Unlock()
+	p.mu.Lock()
+	p.keepName([]byte(name))
+	p.done()
+	p.mu.Unlock()
 }
 
 // Wrap returns conn with its writes counted. The result also offers

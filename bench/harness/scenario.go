@@ -52,6 +52,8 @@ type Options struct {
 	Warmup time.Duration
 	// KeyPrefix makes this run's keys unique on a shared server.
 	KeyPrefix string
+	// MongoURI is passed to backends as Config.MongoURI.
+	MongoURI string
 	// Measure, when set, is called just before the measured phase starts
 	// (start=true) and just after it ends (start=false): the go test
 	// benchmarks start and stop their timer there.
@@ -147,7 +149,7 @@ func Run(ctx context.Context, b BackendInfo, scenario string, o Options) (Result
 		res.Hold = o.Hold
 	}
 	reqs := NewRequestCounter()
-	be, err := b.New(Config{Target: o.Target, TTL: o.TTL, Requests: reqs})
+	be, err := b.New(Config{Target: o.Target, TTL: o.TTL, Requests: reqs, MongoURI: o.MongoURI})
 	if err != nil {
 		return res, fmt.Errorf("%s: set up: %w", b.Name, err)
 	}

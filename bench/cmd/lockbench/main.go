@@ -82,6 +82,8 @@ func parse(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&c.rounds, "rounds", 3, "run each scenario this many rounds, backends taking turns in a rotating order; report medians")
 	fs.IntVar(&c.rttSamples, "rtt-samples", 2000, "PINGs for the round-trip measurement")
 	fs.BoolVar(&c.progress, "progress", true, "show a progress line on stderr")
+	fs.StringVar(&c.opts.MongoURI, "mongo", "", "MongoDB URI for the optional lockmongo backend "+
+		"(default: an embedded FerretDB; name lockmongo in -backends to run it)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
