@@ -166,14 +166,14 @@ func RunChild(stdin io.Reader, stdout io.Writer) error {
 		case <-ctx.Done():
 		}
 	}()
-	var mu sync.Mutex
-	var reqStart *RequestStats
-	startTimer := time.AfterFunc(time.Until(time.Unix(0, g.Start)), func() {
-		s := reqs.Snapshot()
-		mu.Lock()
-		reqStart = &s
-		mu.Unlock()
-	})
+	// Requests count from Start: on a timer, or, should its goroutine be
+	// starved on a loaded machine, at the first iteration after Start (at
+	// the latest at the end, when this waiter then counts none).
+	start := time.Unix(0, g.Start)
+	var startOnce sync.Once
+	var reqStart RequestStats
+	markStart := func() { startOnce.Do(func() { reqStart = reqs.Snapshot() }) }
+	startTimer := time.AfterFunc(time.Until(start), markStart)
 	defer startTimer.Stop()
 	if d := time.Until(time.Unix(0, g.Begin)); d > 0 {
 		time.Sleep(d)
@@ -191,6 +191,9 @@ func RunChild(stdin io.Reader, stdout io.Writer) error {
 	release := context.WithoutCancel(ctx)
 	for ctx.Err() == nil {
 		t0 := time.Now()
+		if !t0.Before(start) {
+			markStart()
+		}
 		h, err := be.Acquire(ctx, cfg.Key, cfg.TTL)
 		if err != nil {
 			// rueidis can time a call out on ctx's deadline a moment
@@ -212,14 +215,10 @@ func RunChild(stdin io.Reader, stdout io.Writer) error {
 		}
 		acqs = append(acqs, childLine{A: acq.UnixNano(), R: rel.UnixNano(), W: int64(acq.Sub(t0))})
 	}
+	markStart()
 	end := reqs.Snapshot()
-	done := childLine{Done: true, Errors: errs, FirstErr: firstErr}
-	mu.Lock()
-	if reqStart != nil {
-		d := end.Sub(*reqStart)
-		done.Req = &d
-	}
-	mu.Unlock()
+	d := end.Sub(reqStart)
+	done := childLine{Done: true, Req: &d, Errors: errs, FirstErr: firstErr}
 	for _, a := range acqs {
 		if err := enc.Encode(a); err != nil {
 			return err

@@ -171,8 +171,9 @@ func TestRun_everyBackendEveryScenarioOnRealRedis(t *testing.T) {
 func TestRun_tableListsEveryBackendPerScenario(t *testing.T) {
 	srv := redistest.Start(t)
 	var out, errb bytes.Buffer
+	// 64 clients need longer than 50ms to complete anything under -race.
 	err := run(context.Background(), []string{"-addr", srv.Addr, "-duration", "50ms", "-warmup", "10ms",
-		"-rtt-samples", "50", "-progress=false"}, &out, &errb)
+		"-clients-duration", "150ms", "-rtt-samples", "50", "-progress=false"}, &out, &errb)
 	if err != nil {
 		t.Fatalf("run: %v\n%s", err, errb.String())
 	}
