@@ -18,7 +18,9 @@ import (
 //	go test -run '^$' -bench . -count 6 | tee new.txt && benchstat old.txt new.txt
 //
 // ns/op is wall time per acquire+release pair (uncontended, 50 goroutines)
-// or per acquisition (contended, 8 waiters, 100µs hold). Extra metrics:
+// or per acquisition (contended, 8 waiters, 100µs hold; contended-clients,
+// the same with a backend per waiter, Redis backends only; contended-procs,
+// which needs waiter processes, is lockbench's only). Extra metrics:
 // p50-ns and p99-ns (pair latency or wait), handoff-p50-ns and
 // handoff-p99-ns, jain, req/op (requests the clients sent, counted on the
 // client side), srv-calls/op (INFO commandstats, calls inside scripts
@@ -42,6 +44,9 @@ func BenchmarkLock(b *testing.B) {
 			info, err := harness.Lookup(name)
 			if err != nil {
 				b.Fatal(err)
+			}
+			if !harness.Applies(info, sc) {
+				continue
 			}
 			b.Run(sc+"/"+name, func(b *testing.B) {
 				b.ReportAllocs() // shows the B/op and allocs/op reported below

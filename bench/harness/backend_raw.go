@@ -8,15 +8,18 @@ import (
 	"github.com/redis/rueidis"
 )
 
-// rawSpin is how long the raw floor sleeps between attempts when it has to
-// wait (contended scenario only): it has no notification, just polling.
+// rawSpin is the raw floor's polling period when it has to wait (contended
+// scenarios only): it has no notification, so it starts an attempt every
+// rawSpin, on a time.Ticker, whatever the round trip took. An attempt that
+// took longer than rawSpin is followed by the next one at once (the ticker
+// drops the ticks it missed), so a waiter never polls faster than 1 kHz.
 const rawSpin = time.Millisecond
 
 func init() {
 	register(BackendInfo{
 		Name: "raw",
 		Note: "floor: rueidis SET NX PX + compare-and-delete EVALSHA (rueidis.NewLuaScript), " +
-			"client built like lockredis's; waits by polling SET NX every 1ms (no notification)",
+			"client built like lockredis's; waits by polling SET NX every 1ms on a ticker (no notification)",
 		NeedsRedis: true,
 		New:        newRaw,
 	})
@@ -63,17 +66,25 @@ func (r *raw) TryAcquire(ctx context.Context, key string, ttl time.Duration) (He
 }
 
 func (r *raw) Acquire(ctx context.Context, key string, ttl time.Duration) (Held, error) {
+	var tick *time.Ticker
 	for {
 		h, ok, err := r.TryAcquire(ctx, key, ttl)
 		if err != nil || ok {
+			if tick != nil {
+				tick.Stop()
+			}
 			return h, err
 		}
-		t := time.NewTimer(rawSpin)
+		if tick == nil {
+			// Started after the first miss: attempts are rawSpin apart
+			// from there on, not rawSpin plus a round trip.
+			tick = time.NewTicker(rawSpin)
+		}
 		select {
 		case <-ctx.Done():
-			t.Stop()
+			tick.Stop()
 			return nil, ctx.Err()
-		case <-t.C:
+		case <-tick.C:
 		}
 	}
 }

@@ -22,11 +22,14 @@ type Report struct {
 	Duration   time.Duration `json:"duration_ns"`
 	// Rounds is how many times each backend ran each scenario, backends
 	// taking turns (see Median); 0 or 1 means once.
-	Rounds  int           `json:"rounds,omitempty"`
-	TTL     time.Duration `json:"ttl_ns"`
-	Results []Result      `json:"results"`
-	Targets []Check       `json:"targets"`
-	Notes   []string      `json:"notes"`
+	Rounds int `json:"rounds,omitempty"`
+	// ClientsDuration is the measured time of ContendedClients and
+	// ContendedProcs, when it differs from Duration.
+	ClientsDuration time.Duration `json:"clients_duration_ns,omitempty"`
+	TTL             time.Duration `json:"ttl_ns"`
+	Results         []Result      `json:"results"`
+	Targets         []Check       `json:"targets"`
+	Notes           []string      `json:"notes"`
 }
 
 // NewReport fills a Report's setting from the run.
@@ -52,6 +55,37 @@ func (r *Report) find(scenario, backend string) *Result {
 		}
 	}
 	return nil
+}
+
+// findN is find for the scenarios run at several waiter counts.
+func (r *Report) findN(scenario string, waiters int, backend string) *Result {
+	for i := range r.Results {
+		x := &r.Results[i]
+		if x.Scenario == scenario && x.Goroutines == waiters && x.Backend == backend {
+			return x
+		}
+	}
+	return nil
+}
+
+// groups returns the results of scenario split by waiter count, in the
+// order the counts first appear.
+func (r *Report) groups(scenario string) [][]Result {
+	var out [][]Result
+	idx := map[int]int{}
+	for _, x := range r.Results {
+		if x.Scenario != scenario {
+			continue
+		}
+		i, ok := idx[x.Goroutines]
+		if !ok {
+			i = len(out)
+			idx[x.Goroutines] = i
+			out = append(out, nil)
+		}
+		out[i] = append(out[i], x)
+	}
+	return out
 }
 
 var peers = []string{"rueidislock", "redislock", "redsync"}
@@ -130,6 +164,64 @@ func (r *Report) Evaluate() {
 	} else {
 		add("contended Jain's index >= 0.95", false, false, "lockredis contended not run")
 	}
+	for _, sc := range []string{ContendedClients, ContendedProcs} {
+		for _, g := range r.groups(sc) {
+			r.evaluatePerWaiter(sc, g[0].Goroutines, add)
+		}
+	}
+}
+
+// evaluatePerWaiter adds issue 11's targets for lockredis with a client (or
+// a process) per waiter, at one waiter count.
+func (r *Report) evaluatePerWaiter(sc string, n int, add func(name string, ok, known bool, detail string)) {
+	name := func(t string) string { return fmt.Sprintf("%s %d: %s", sc, n, t) }
+	l := r.findN(sc, n, "lockredis")
+	if l == nil {
+		add(name("lockredis"), false, false, "lockredis not run")
+		return
+	}
+	const reqT, gapT, jainT = "requests per acquisition <= 3", "hand-off p50 <= 1.5 x round trip", "Jain's index >= 0.95"
+	if l.ReqPerOp >= 0 {
+		srv := "srv-calls/acq not measured"
+		if l.SrvCallsPerOp >= 0 {
+			srv = fmt.Sprintf("srv-calls/acq %.2f", l.SrvCallsPerOp)
+		}
+		add(name(reqT), l.ReqPerOp <= 3, true, fmt.Sprintf("req/acq %.2f (%s); %s", l.ReqPerOp, fmtBreakdown(l.ReqByCmd), srv))
+	} else {
+		add(name(reqT), false, false, "not measured")
+	}
+	if l.Handoff != nil && l.Handoff.N > 0 && r.RTT > 0 {
+		x := float64(l.Handoff.P50) / float64(r.RTT)
+		add(name(gapT), x <= 1.5, true, fmt.Sprintf("%s (from Release called) vs PING p50 %s = %.2f x",
+			fmtDur(l.Handoff.P50), fmtDur(r.RTT), x))
+	} else {
+		add(name(gapT), false, false, "no hand-offs measured")
+	}
+	add(name(jainT), l.Jain >= 0.95, true, fmt.Sprintf("%.3f", l.Jain))
+	const floorT = "acq/s >= raw (1ms polling floor)"
+	if raw := r.findN(sc, n, "raw"); raw != nil && raw.OpsPerSec > 0 {
+		add(name(floorT), l.OpsPerSec >= raw.OpsPerSec, true,
+			fmt.Sprintf("%.0f vs raw %.0f = %.2f x", l.OpsPerSec, raw.OpsPerSec, l.OpsPerSec/raw.OpsPerSec))
+	} else {
+		add(name(floorT), false, false, "raw not run")
+	}
+	var best *Result
+	var others []string
+	for _, p := range peers {
+		if pr := r.findN(sc, n, p); pr != nil {
+			others = append(others, fmt.Sprintf("%s %.0f", p, pr.OpsPerSec))
+			if best == nil || pr.OpsPerSec > best.OpsPerSec {
+				best = pr
+			}
+		}
+	}
+	const peerT = "acq/s ahead of every peer"
+	if best != nil {
+		add(name(peerT), l.OpsPerSec > best.OpsPerSec, true, fmt.Sprintf("lockredis %.0f vs best peer %s %.0f = %.2f x (%s)",
+			l.OpsPerSec, best.Backend, best.OpsPerSec, l.OpsPerSec/best.OpsPerSec, strings.Join(others, ", ")))
+	} else {
+		add(name(peerT), false, false, "no peer run")
+	}
 }
 
 func fmtBreakdown(m map[string]float64) string {
@@ -175,6 +267,25 @@ func fmtDur(d time.Duration) string {
 	}
 }
 
+func fmtAllocs(v float64) string {
+	if v < 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.1f", v)
+}
+
+// clientsTime is ", <d> per round" for the per-waiter scenarios when their
+// measured time is not the heading's.
+func (r *Report) clientsTime() string {
+	if r.ClientsDuration == 0 || r.ClientsDuration == r.Duration {
+		return ""
+	}
+	if r.Rounds > 1 {
+		return fmt.Sprintf(", %s per backend per round", r.ClientsDuration)
+	}
+	return fmt.Sprintf(", %s per backend", r.ClientsDuration)
+}
+
 func fmtCmds(v float64) string {
 	if v < 0 || math.IsNaN(v) {
 		return "-"
@@ -201,16 +312,12 @@ func (r *Report) WriteTable(w io.Writer) error {
 	}
 	fmt.Fprintf(w, ", ttl %s\n", r.TTL)
 	fmt.Fprintf(w, "round trip: PING p50 %s (rueidis, one at a time)\n", fmtDur(r.RTT))
-	for _, sc := range Scenarios {
-		var rows []Result
-		for _, res := range r.Results {
-			if res.Scenario == sc {
-				rows = append(rows, res)
-			}
-		}
-		if len(rows) == 0 {
-			continue
-		}
+	var groups [][]Result
+	for _, sc := range AllScenarios {
+		groups = append(groups, r.groups(sc)...)
+	}
+	for _, rows := range groups {
+		sc := rows[0].Scenario
 		fmt.Fprintln(w)
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 		switch sc {
@@ -222,16 +329,26 @@ func (r *Report) WriteTable(w io.Writer) error {
 					fmtDur(x.Latency.P50), fmtDur(x.Latency.P90), fmtDur(x.Latency.P99), fmtDur(x.Latency.P999),
 					fmtCmds(x.ReqPerOp), fmtCmds(x.SrvCallsPerOp), x.AllocsPerOp, x.BytesPerOp, x.Errors)
 			}
-		case Contended:
-			fmt.Fprintf(w, "contended: %d waiters on one key, hold %s; hand-off = previous Release returned -> next Acquire returned\n", rows[0].Goroutines, rows[0].Hold)
+		case Contended, ContendedClients, ContendedProcs:
+			switch sc {
+			case Contended:
+				fmt.Fprintf(w, "contended: %d waiters sharing one backend, on one key, hold %s; hand-off = previous Release returned -> next Acquire returned\n",
+					rows[0].Goroutines, rows[0].Hold)
+			case ContendedClients:
+				fmt.Fprintf(w, "contended-clients: %d waiters on one key, each with its own backend and client, hold %s%s; hand-off = previous Release called -> next Acquire returned\n",
+					rows[0].Goroutines, rows[0].Hold, r.clientsTime())
+			case ContendedProcs:
+				fmt.Fprintf(w, "contended-procs: %d waiters on one key, each a process of its own, hold %s%s; hand-off = previous Release called -> next Acquire returned (wall clock); allocations not measured\n",
+					rows[0].Goroutines, rows[0].Hold, r.clientsTime())
+			}
 			fmt.Fprintf(tw, "backend\tacq/s\t%shandoff p50\thandoff p99\tearly\tjain\treq/acq\tsrv-calls/acq\tallocs/acq\twait p50\twait p99\terrors\t\n", spreadHead)
 			for _, x := range rows {
 				var hp50, hp99 time.Duration
 				if x.Handoff != nil {
 					hp50, hp99 = x.Handoff.P50, x.Handoff.P99
 				}
-				fmt.Fprintf(tw, "%s\t%.0f\t%s%s\t%s\t%d\t%.3f\t%s\t%s\t%.1f\t%s\t%s\t%d\t\n", x.Backend, x.OpsPerSec, spread(x),
-					fmtDur(hp50), fmtDur(hp99), x.Early, x.Jain, fmtCmds(x.ReqPerOp), fmtCmds(x.SrvCallsPerOp), x.AllocsPerOp,
+				fmt.Fprintf(tw, "%s\t%.0f\t%s%s\t%s\t%d\t%.3f\t%s\t%s\t%s\t%s\t%s\t%d\t\n", x.Backend, x.OpsPerSec, spread(x),
+					fmtDur(hp50), fmtDur(hp99), x.Early, x.Jain, fmtCmds(x.ReqPerOp), fmtCmds(x.SrvCallsPerOp), fmtAllocs(x.AllocsPerOp),
 					fmtDur(x.Latency.P50), fmtDur(x.Latency.P99), x.Errors)
 			}
 		}
@@ -251,7 +368,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 	}
 	for _, res := range r.Results {
 		if res.FirstErr != "" {
-			fmt.Fprintf(w, "\n%s %s: %d errors, first: %s", res.Backend, res.Scenario, res.Errors, res.FirstErr)
+			fmt.Fprintf(w, "\n%s %s (%d): %d errors, first: %s", res.Backend, res.Scenario, res.Goroutines, res.Errors, res.FirstErr)
 		}
 	}
 	if len(r.Notes) > 0 {

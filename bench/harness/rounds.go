@@ -21,7 +21,8 @@ func Median(rounds []Result) Result {
 		return r
 	}
 	first := rounds[0]
-	out := Result{Backend: first.Backend, Scenario: first.Scenario, Goroutines: first.Goroutines, Hold: first.Hold}
+	out := Result{Backend: first.Backend, Scenario: first.Scenario, Goroutines: first.Goroutines, Hold: first.Hold,
+		HandoffFrom: first.HandoffFrom}
 	var lat, gap []Percentiles
 	var rate, jain, early, allocs, bytes []float64
 	hasGap := false

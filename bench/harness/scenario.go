@@ -21,19 +21,54 @@ const (
 	Uncontended = "uncontended"
 	// Contended: Waiters goroutines all Acquire one key, hold it for Hold,
 	// Release it, and go again. Reports acquisitions per second, the
-	// hand-off gap and fairness.
+	// hand-off gap (from the previous holder's Release returning) and
+	// fairness.
 	Contended = "contended"
+	// ContendedClients is Contended with every waiter goroutine on a
+	// backend of its own (its own client, connections and client-side
+	// caching), as waiters in different processes are: requests are summed
+	// over all those clients, and the hand-off gap runs from the moment
+	// the previous holder CALLED Release, since with separate clients no
+	// waiter can be handed the key before the releaser's request is sent.
+	// Only for backends on Redis (BackendInfo.NeedsRedis).
+	ContendedClients = "contended-clients"
+	// ContendedProcs is ContendedClients with every waiter a separate OS
+	// process: the running executable started again Waiters times (see
+	// RunChild), reporting its acquisitions to Run on its stdout. Not in
+	// Scenarios: it needs an executable that calls RunChild, which
+	// lockbench is and a test binary is only when its TestMain says so.
+	ContendedProcs = "contended-procs"
 )
 
-// Scenarios lists the scenarios in report order.
-var Scenarios = []string{Uncontended, Contended}
+// Scenarios lists the in-process scenarios in report order; ContendedProcs
+// comes after them when it runs.
+var Scenarios = []string{Uncontended, Contended, ContendedClients}
+
+// AllScenarios is Scenarios and ContendedProcs, in report order.
+var AllScenarios = []string{Uncontended, Contended, ContendedClients, ContendedProcs}
+
+// Applies reports whether backend b runs in scenario: the scenarios with a
+// client per waiter need the waiters to meet on one Redis, which in-process
+// backends (lockmem) have no way to do.
+func Applies(b BackendInfo, scenario string) bool {
+	return b.NeedsRedis || (scenario != ContendedClients && scenario != ContendedProcs)
+}
+
+// perWaiter reports whether scenario gives every waiter its own client.
+func perWaiter(scenario string) bool {
+	return scenario == ContendedClients || scenario == ContendedProcs
+}
+
+// isContended reports whether scenario is one of the one-key scenarios.
+func isContended(scenario string) bool { return scenario == Contended || perWaiter(scenario) }
 
 // Options configures one Run.
 type Options struct {
 	Target *Target
 	// Goroutines is the uncontended scenario's goroutine count.
 	Goroutines int
-	// Waiters is the contended scenario's goroutine count.
+	// Waiters is the contended scenarios' waiter count (goroutines, or
+	// processes in ContendedProcs).
 	Waiters int
 	// Hold is how long a contended holder keeps the key: time.Sleep from
 	// 1ms up; below that a yielding busy wait, because Go's sleeps on Linux
@@ -97,13 +132,16 @@ type Result struct {
 	// Latency is the time of one Acquire+Release pair (uncontended) or of
 	// one Acquire, waiting included (contended).
 	Latency Percentiles `json:"latency"`
-	// Handoff (contended) is the gap from the moment the previous holder's
-	// Release returned to the moment the next holder's Acquire returned.
-	// When the next holder's Acquire returns first (possible: the server
-	// frees the key before the releaser reads its reply) the gap counts as
-	// 0; Early says how often.
-	Handoff *Percentiles `json:"handoff,omitempty"`
-	Early   uint64       `json:"handoff_early,omitempty"`
+	// Handoff (contended scenarios) is the gap from the previous holder's
+	// Release to the moment the next holder's Acquire returned; HandoffFrom
+	// says which moment of the Release: HandoffReleaseReturned (Contended)
+	// or HandoffReleaseCalled (ContendedClients, ContendedProcs). When the
+	// next holder's Acquire returns first (possible after a Release
+	// returned: the server frees the key before the releaser reads its
+	// reply) the gap counts as 0; Early says how often.
+	Handoff     *Percentiles `json:"handoff,omitempty"`
+	HandoffFrom string       `json:"handoff_from,omitempty"`
+	Early       uint64       `json:"handoff_early,omitempty"`
 	// Jain (contended) is Jain's fairness index over per-goroutine
 	// acquisition counts.
 	Jain   float64  `json:"jain,omitempty"`
@@ -124,43 +162,75 @@ type Result struct {
 	// AllocsPerOp and BytesPerOp are runtime.MemStats Mallocs and
 	// TotalAlloc deltas over the measured phase divided by Ops: everything
 	// the process allocated, the backend's background goroutines included.
+	// -1 in ContendedProcs, whose waiters are other processes.
 	AllocsPerOp float64 `json:"allocs_per_op"`
 	BytesPerOp  float64 `json:"bytes_per_op"`
 }
 
+// Handoff definitions (Result.HandoffFrom).
+const (
+	HandoffReleaseReturned = "release returned"
+	HandoffReleaseCalled   = "release called"
+)
+
 // Run sets up backend b, runs scenario for a warm-up and then a measured
-// phase, closes the backend, and returns the figures. It returns an error
-// when the backend cannot be set up or the measured phase completed nothing.
+// phase, closes the backend, and returns the figures. In ContendedClients
+// it sets up one backend per waiter, all counted by one RequestCounter;
+// ContendedProcs is RunProcs. It returns an error when the backend cannot
+// be set up, does not apply to the scenario (Applies), or the measured
+// phase completed nothing.
 func Run(ctx context.Context, b BackendInfo, scenario string, o Options) (Result, error) {
 	if o.TTL <= 0 {
 		o.TTL = 10 * time.Second
 	}
 	n := o.Goroutines
-	if scenario == Contended {
+	switch scenario {
+	case Uncontended:
+	case Contended, ContendedClients, ContendedProcs:
 		n = o.Waiters
-	} else if scenario != Uncontended {
+	default:
 		return Result{}, fmt.Errorf("unknown scenario %q", scenario)
 	}
 	if n <= 0 {
 		return Result{}, fmt.Errorf("%s: need at least one goroutine", scenario)
 	}
+	if !Applies(b, scenario) {
+		return Result{}, fmt.Errorf("%s %s: an in-process backend has no client per waiter", b.Name, scenario)
+	}
+	if scenario == ContendedProcs {
+		return RunProcs(ctx, b, o)
+	}
 	res := Result{Backend: b.Name, Scenario: scenario, Goroutines: n, ReqPerOp: -1, SrvCallsPerOp: -1}
-	if scenario == Contended {
+	if isContended(scenario) {
 		res.Hold = o.Hold
+		res.HandoffFrom = HandoffReleaseReturned
+		if perWaiter(scenario) {
+			res.HandoffFrom = HandoffReleaseCalled
+		}
 	}
 	reqs := NewRequestCounter()
-	be, err := b.New(Config{Target: o.Target, TTL: o.TTL, Requests: reqs, MongoURI: o.MongoURI})
-	if err != nil {
-		return res, fmt.Errorf("%s: set up: %w", b.Name, err)
+	nbe := 1
+	if perWaiter(scenario) {
+		nbe = n
 	}
-	defer be.Close()
-	// Every Run gets keys of its own: a lease left behind by an acquire cut
-	// off at the end of an earlier phase (some backends cannot undo one)
-	// must not make a later round wait out its TTL.
-	prefix := o.KeyPrefix + ":" + b.Name + ":" + scenario[:1] + ":" + strconv.FormatUint(runSeq.Add(1), 10)
+	bes := make([]Backend, 0, nbe)
+	defer func() {
+		for _, be := range bes {
+			be.Close()
+		}
+	}()
+	for range nbe {
+		be, err := b.New(Config{Target: o.Target, TTL: o.TTL, Requests: reqs, MongoURI: o.MongoURI})
+		if err != nil {
+			return res, fmt.Errorf("%s: set up: %w", b.Name, err)
+		}
+		bes = append(bes, be)
+	}
+	prefix := runPrefix(o, b, scenario)
+	relCalled := res.HandoffFrom == HandoffReleaseCalled
 
 	if o.Warmup > 0 {
-		p := &phase{be: be, o: o, n: n, keyPrefix: prefix + ":warm", duration: o.Warmup}
+		p := &phase{bes: bes, o: o, n: n, keyPrefix: prefix + ":warm", duration: o.Warmup, relCalled: relCalled}
 		p.run(ctx, scenario)
 	}
 
@@ -176,13 +246,14 @@ func Run(ctx context.Context, b BackendInfo, scenario string, o Options) (Result
 	var statsBefore CommandStats
 	statsOK := false
 	if admin != nil {
+		var err error
 		statsBefore, err = admin.snapshot()
 		statsOK = err == nil
 	}
 
 	reqBefore := reqs.Snapshot()
 
-	p := &phase{be: be, o: o, n: n, keyPrefix: prefix, duration: o.Duration, limit: o.Ops}
+	p := &phase{bes: bes, o: o, n: n, keyPrefix: prefix, duration: o.Duration, limit: o.Ops, relCalled: relCalled}
 	runtime.GC()
 	var m0, m1 runtime.MemStats
 	runtime.ReadMemStats(&m0)
@@ -217,26 +288,45 @@ func Run(ctx context.Context, b BackendInfo, scenario string, o Options) (Result
 		lat.Merge(&w.lat)
 		gap.Merge(&w.gap)
 		res.Early += w.early
-		if scenario == Contended {
+		if isContended(scenario) {
 			res.Counts = append(res.Counts, w.count)
 		}
 	}
 	res.Latency = percentiles(&lat)
-	if scenario == Contended {
+	if isContended(scenario) {
 		h := percentiles(&gap)
 		res.Handoff = &h
 		res.Jain = Jain(res.Counts)
 	}
+	if err := res.finish(b.Name, &req, stats, statsOK); err != nil {
+		return res, err
+	}
+	res.AllocsPerOp = float64(m1.Mallocs-m0.Mallocs) / float64(res.Ops)
+	res.BytesPerOp = float64(m1.TotalAlloc-m0.TotalAlloc) / float64(res.Ops)
+	return res, nil
+}
+
+// runPrefix gives every Run keys of its own: a lease left behind by an
+// acquire cut off at the end of an earlier phase (some backends cannot undo
+// one) must not make a later round wait out its TTL.
+func runPrefix(o Options, b BackendInfo, scenario string) string {
+	return o.KeyPrefix + ":" + b.Name + ":" + scenario[:1] + ":" + strconv.FormatUint(runSeq.Add(1), 10)
+}
+
+// finish fills the rates and per-operation counts from res.Ops and
+// res.Elapsed; req may be nil (not counted). It fails when nothing
+// completed.
+func (res *Result) finish(backend string, req *RequestStats, stats CommandStats, statsOK bool) error {
 	if res.Ops == 0 {
 		if res.FirstErr != "" {
-			return res, fmt.Errorf("%s %s: nothing completed: %s", b.Name, scenario, res.FirstErr)
+			return fmt.Errorf("%s %s: nothing completed: %s", backend, res.Scenario, res.FirstErr)
 		}
-		return res, fmt.Errorf("%s %s: nothing completed", b.Name, scenario)
+		return fmt.Errorf("%s %s: nothing completed", backend, res.Scenario)
 	}
 	if res.Elapsed > 0 {
 		res.OpsPerSec = float64(res.Ops) / res.Elapsed.Seconds()
 	}
-	if req.Bad == 0 {
+	if req != nil && req.Bad == 0 {
 		res.ReqPerOp = float64(req.Total) / float64(res.Ops)
 		res.ReqByCmd = perOp(req.ByCmd, res.Ops)
 	}
@@ -246,9 +336,7 @@ func Run(ctx context.Context, b BackendInfo, scenario string, o Options) (Result
 			res.SrvCallsByCmd = perOp(stats.Calls, res.Ops)
 		}
 	}
-	res.AllocsPerOp = float64(m1.Mallocs-m0.Mallocs) / float64(res.Ops)
-	res.BytesPerOp = float64(m1.TotalAlloc-m0.TotalAlloc) / float64(res.Ops)
-	return res, nil
+	return nil
 }
 
 func perOp(counts map[string]uint64, ops uint64) map[string]float64 {
@@ -282,12 +370,16 @@ type handoff struct {
 const ringSize = 1 << 12
 
 type phase struct {
-	be        Backend
+	// bes are the backends; worker i uses bes[i%len(bes)].
+	bes       []Backend
 	o         Options
 	n         int
 	keyPrefix string
 	duration  time.Duration
 	limit     uint64
+	// relCalled: hand-offs count from the moment Release is called, not
+	// from when it returned.
+	relCalled bool
 
 	start    time.Time
 	stop     atomic.Bool
@@ -317,7 +409,7 @@ func (p *phase) run(parent context.Context, scenario string) {
 	ctx, cancel := context.WithCancel(parent)
 	defer cancel()
 	p.workers = make([]worker, p.n)
-	if scenario == Contended {
+	if isContended(scenario) {
 		p.ring = make([]handoff, ringSize)
 	}
 	var wg sync.WaitGroup
@@ -343,10 +435,11 @@ func (p *phase) run(parent context.Context, scenario string) {
 		wg.Add(1)
 		go func(w *worker, id int) {
 			defer wg.Done()
-			if scenario == Contended {
-				p.contended(ctx, w, halt)
+			be := p.bes[id%len(p.bes)]
+			if isContended(scenario) {
+				p.contended(ctx, w, be, halt)
 			} else {
-				p.uncontended(ctx, w, id)
+				p.uncontended(ctx, w, be, id)
 			}
 		}(&p.workers[i], i)
 	}
@@ -355,7 +448,7 @@ func (p *phase) run(parent context.Context, scenario string) {
 	p.elapsed = stopAt.Sub(p.start)
 }
 
-func (p *phase) uncontended(ctx context.Context, w *worker, id int) {
+func (p *phase) uncontended(ctx context.Context, w *worker, be Backend, id int) {
 	var keys [4]string
 	for i := range keys {
 		keys[i] = p.keyPrefix + ":" + strconv.Itoa(id) + ":" + strconv.Itoa(i)
@@ -366,7 +459,7 @@ func (p *phase) uncontended(ctx context.Context, w *worker, id int) {
 			return // the others finish theirs; run halts when all are back
 		}
 		t0 := time.Now()
-		h, err := p.be.Acquire(ctx, keys[i&3], p.o.TTL)
+		h, err := be.Acquire(ctx, keys[i&3], p.o.TTL)
 		if err != nil {
 			if !p.stop.Load() {
 				p.fail(err)
@@ -387,12 +480,12 @@ func (p *phase) uncontended(ctx context.Context, w *worker, id int) {
 	}
 }
 
-func (p *phase) contended(ctx context.Context, w *worker, halt func()) {
+func (p *phase) contended(ctx context.Context, w *worker, be Backend, halt func()) {
 	key := p.keyPrefix + ":key"
 	release := context.WithoutCancel(ctx)
 	for !p.stop.Load() {
 		t0 := time.Now()
-		h, err := p.be.Acquire(ctx, key, p.o.TTL)
+		h, err := be.Acquire(ctx, key, p.o.TTL)
 		if err != nil {
 			if !p.stop.Load() && ctx.Err() == nil {
 				p.fail(err)
@@ -422,8 +515,13 @@ func (p *phase) contended(ctx context.Context, w *worker, halt func()) {
 			halt()
 		}
 		hold(p.o.Hold)
+		if p.relCalled {
+			mine.rel.Store(p.since())
+		}
 		err = h.Release(release)
-		mine.rel.Store(p.since())
+		if !p.relCalled {
+			mine.rel.Store(p.since())
+		}
 		p.claim(mine, w)
 		if err != nil && !errors.Is(err, context.Canceled) {
 			p.fail(err)

@@ -11,11 +11,17 @@
 // 127.0.0.1 port for the run; without redis-server it falls back to an
 // in-process miniredis and warns that the figures then mean nothing.
 //
-// Two scenarios run for every backend: "uncontended" (-goroutines
+// Three scenarios run for every backend: "uncontended" (-goroutines
 // goroutines, each on its own keys: pairs/s and the latency of one
-// Acquire+Release) and "contended" (-waiters goroutines on one key, holding
-// it for -hold: acquisitions/s, the hand-off gap from a Release returning to
-// the next Acquire returning, Jain's fairness index). Both report Redis
+// Acquire+Release), "contended" (-waiters goroutines sharing one backend on
+// one key, holding it for -hold: acquisitions/s, the hand-off gap from a
+// Release returning to the next Acquire returning, Jain's fairness index)
+// and "contended-clients" (for each count in -clients, that many
+// goroutines on one key, each with a backend and so a client of its own;
+// the hand-off gap runs from the previous Release being called). A fourth,
+// "contended-procs", runs only when -scenarios names it: contended-clients
+// with every waiter a separate process (this executable started again).
+// All report Redis
 // requests per operation (req: commands the clients sent, counted on the
 // client side, a script invocation once), server-side command calls per
 // operation (srv-calls: INFO commandstats, commands run inside scripts
@@ -32,6 +38,8 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -40,6 +48,14 @@ import (
 )
 
 func main() {
+	if harness.IsChild() {
+		// A contended-procs waiter, started by another lockbench.
+		if err := harness.RunChild(os.Stdin, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "lockbench waiter:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
@@ -53,15 +69,19 @@ func main() {
 
 // config is the parsed command line.
 type config struct {
-	addr, url  string
-	opts       harness.Options
-	scenarios  []string
-	backends   []string
-	json       bool
-	plot       string
-	rttSamples int
-	rounds     int
-	progress   bool
+	addr, url string
+	opts      harness.Options
+	scenarios []string
+	backends  []string
+	// clients are the waiter counts of contended-clients and
+	// contended-procs; clientsDuration their measured time.
+	clients         []int
+	clientsDuration time.Duration
+	json            bool
+	plot            string
+	rttSamples      int
+	rounds          int
+	progress        bool
 }
 
 func parse(args []string, stderr io.Writer) (*config, error) {
@@ -73,9 +93,12 @@ func parse(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&c.opts.Warmup, "warmup", 0, "unmeasured warm-up per backend per scenario (default duration/10, at most 300ms)")
 	fs.IntVar(&c.opts.Goroutines, "goroutines", 50, "uncontended: goroutines, each on its own keys")
 	fs.IntVar(&c.opts.Waiters, "waiters", 8, "contended: goroutines waiting on one key")
+	clients := fs.String("clients", "8,64", "contended-clients, contended-procs: comma-separated waiter counts, each waiter with its own client (or process)")
+	fs.DurationVar(&c.clientsDuration, "clients-duration", 0, "contended-clients, contended-procs: measured time per backend per waiter count and round (default half of -duration)")
 	fs.DurationVar(&c.opts.Hold, "hold", 100*time.Microsecond, "contended: how long a holder keeps the key")
 	fs.DurationVar(&c.opts.TTL, "ttl", 10*time.Second, "lease time of every acquisition")
-	scen := fs.String("scenarios", strings.Join(harness.Scenarios, ","), "comma-separated scenarios")
+	scen := fs.String("scenarios", strings.Join(harness.Scenarios, ","),
+		"comma-separated scenarios (also: "+harness.ContendedProcs+", one process per waiter)")
 	back := fs.String("backends", strings.Join(harness.Backends(), ","), "comma-separated backends")
 	fs.BoolVar(&c.json, "json", false, "write JSON instead of the table")
 	fs.StringVar(&c.plot, "plot", "", "also draw latency percentiles per backend into this PNG file")
@@ -102,6 +125,19 @@ func parse(args []string, stderr io.Writer) (*config, error) {
 	if c.opts.Goroutines <= 0 || c.opts.Waiters <= 0 {
 		return nil, fmt.Errorf("-goroutines and -waiters must be positive")
 	}
+	if c.clientsDuration < 0 {
+		return nil, fmt.Errorf("-clients-duration must not be negative")
+	}
+	if c.clientsDuration == 0 {
+		c.clientsDuration = c.opts.Duration / 2
+	}
+	for _, f := range split(*clients) {
+		n, err := strconv.Atoi(f)
+		if err != nil || n <= 0 {
+			return nil, fmt.Errorf("-clients: %q is not a positive count", f)
+		}
+		c.clients = append(c.clients, n)
+	}
 	if c.rounds <= 0 {
 		return nil, fmt.Errorf("-rounds must be positive")
 	}
@@ -110,11 +146,11 @@ func parse(args []string, stderr io.Writer) (*config, error) {
 	}
 	for _, s := range split(*scen) {
 		ok := false
-		for _, known := range harness.Scenarios {
+		for _, known := range harness.AllScenarios {
 			ok = ok || s == known
 		}
 		if !ok {
-			return nil, fmt.Errorf("unknown scenario %q (have %s)", s, strings.Join(harness.Scenarios, ", "))
+			return nil, fmt.Errorf("unknown scenario %q (have %s)", s, strings.Join(harness.AllScenarios, ", "))
 		}
 		c.scenarios = append(c.scenarios, s)
 	}
@@ -127,7 +163,51 @@ func parse(args []string, stderr io.Writer) (*config, error) {
 	if len(c.scenarios) == 0 || len(c.backends) == 0 {
 		return nil, fmt.Errorf("nothing to run: -scenarios and -backends must name at least one each")
 	}
+	if len(c.runs()) == 0 {
+		return nil, fmt.Errorf("nothing to run: no backend applies to the scenarios, or -clients is empty")
+	}
+	// Report order, whatever order -scenarios gave.
+	slices.SortStableFunc(c.scenarios, func(a, b string) int {
+		return slices.Index(harness.AllScenarios, a) - slices.Index(harness.AllScenarios, b)
+	})
 	return c, nil
+}
+
+// scenarioRun is one scenario at one waiter count, with the backends that
+// apply to it.
+type scenarioRun struct {
+	scenario string
+	opts     harness.Options
+	backends []string
+}
+
+// runs expands the scenarios: the per-waiter-client ones once per -clients
+// count, with -clients-duration.
+func (c *config) runs() []scenarioRun {
+	var out []scenarioRun
+	for _, sc := range c.scenarios {
+		var backends []string
+		for _, name := range c.backends {
+			if b, _ := harness.Lookup(name); harness.Applies(b, sc) {
+				backends = append(backends, name)
+			}
+		}
+		if len(backends) == 0 {
+			continue
+		}
+		if sc != harness.ContendedClients && sc != harness.ContendedProcs {
+			out = append(out, scenarioRun{scenario: sc, opts: c.opts, backends: backends})
+			continue
+		}
+		for _, n := range c.clients {
+			o := c.opts
+			o.Waiters = n
+			o.Duration = c.clientsDuration
+			o.Warmup = min(o.Warmup, o.Duration/2)
+			out = append(out, scenarioRun{scenario: sc, opts: o, backends: backends})
+		}
+	}
+	return out
 }
 
 func split(s string) []string {
@@ -159,21 +239,32 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	rep := harness.NewReport(target, rtt, c.opts)
 	rep.Rounds = c.rounds
-	prog := newProgress(stderr, c.progress, len(c.scenarios)*len(c.backends)*c.rounds, c.opts.Warmup+c.opts.Duration)
-	for _, sc := range c.scenarios {
-		byBackend := make([][]harness.Result, len(c.backends))
+	rep.ClientsDuration = c.clientsDuration
+	runs := c.runs()
+	total := 0
+	for _, r := range runs {
+		total += len(r.backends) * c.rounds
+	}
+	prog := newProgress(stderr, c.progress, total)
+	for _, r := range runs {
+		sc := r.scenario
+		name := sc
+		if sc == harness.ContendedClients || sc == harness.ContendedProcs {
+			name = fmt.Sprintf("%s %d", sc, r.opts.Waiters)
+		}
+		byBackend := make([][]harness.Result, len(r.backends))
 		for round := 0; round < c.rounds; round++ {
 			// Backends take turns, each round starting one later, so
 			// that none always runs first or last on a noisy machine.
-			for k := range c.backends {
-				i := (k + round) % len(c.backends)
-				b, _ := harness.Lookup(c.backends[i])
-				label := c.backends[i]
+			for k := range r.backends {
+				i := (k + round) % len(r.backends)
+				b, _ := harness.Lookup(r.backends[i])
+				label := r.backends[i]
 				if c.rounds > 1 {
 					label = fmt.Sprintf("%s (round %d/%d)", label, round+1, c.rounds)
 				}
-				prog.begin(sc, label)
-				res, err := harness.Run(ctx, b, sc, c.opts)
+				prog.begin(name, label, r.opts.Warmup+r.opts.Duration)
+				res, err := harness.Run(ctx, b, sc, r.opts)
 				prog.end()
 				if ctx.Err() != nil {
 					return ctx.Err()
@@ -220,18 +311,18 @@ type progress struct {
 	w       io.Writer
 	on, tty bool
 	total   int
-	each    time.Duration
 
 	mu      sync.Mutex
 	n       int
 	label   string
+	each    time.Duration
 	started time.Time
 	stop    chan struct{}
 	wg      sync.WaitGroup
 }
 
-func newProgress(w io.Writer, on bool, total int, each time.Duration) *progress {
-	p := &progress{w: w, on: on, total: total, each: each}
+func newProgress(w io.Writer, on bool, total int) *progress {
+	p := &progress{w: w, on: on, total: total}
 	if f, ok := w.(*os.File); ok {
 		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
 			p.tty = true
@@ -245,12 +336,13 @@ func (p *progress) line() string {
 	return fmt.Sprintf("lockbench: [%d/%d] %s %s/%s", p.n, p.total, p.label, el, p.each)
 }
 
-func (p *progress) begin(scenario, backend string) {
+func (p *progress) begin(scenario, backend string, each time.Duration) {
 	if !p.on {
 		return
 	}
 	p.mu.Lock()
 	p.n++
+	p.each = each
 	p.label = scenario + " " + backend
 	p.started = time.Now()
 	p.mu.Unlock()
