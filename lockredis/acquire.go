@@ -273,19 +273,29 @@ func (m *Manager) giveUp(w *waiter) {
 	m.releaseLater(w.l)
 }
 
-// releaseLater runs the release script for l's token in the background,
-// bounded by CleanupTimeout: it frees the key if l holds it (and hands it
-// to the line's head) and leaves the line if l waits in it. It never frees
-// another holder. Close waits for it.
+// releaseLater is undo in the background, for a caller that has already
+// returned. Close waits for it. It does nothing when CleanupTimeout is
+// negative.
 func (m *Manager) releaseLater(l *Lease) {
 	if m.cleanup <= 0 {
 		return
 	}
-	m.goBackground(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), m.cleanup)
-		defer cancel()
-		_, _ = m.release(ctx, l, time.Now())
-	})
+	m.goBackground(func() { m.undo(l) })
+}
+
+// undo runs the release script for l's token on a context of its own,
+// bounded by CleanupTimeout (DefaultCleanupTimeout when that is disabled):
+// it frees the key if l holds it (handing it to the line's head) and takes
+// l out of the line if it waits there. It never frees another holder; on
+// failure the key ends at its TTL and the place after LineTTL.
+func (m *Manager) undo(l *Lease) {
+	d := m.cleanup
+	if d <= 0 {
+		d = DefaultCleanupTimeout
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	_, _ = m.release(ctx, l, time.Now())
 }
 
 // release runs the release script for l's token, and if the script handed

@@ -336,14 +336,12 @@ func (m *Manager) leaveLines(ls []*Lease) {
 	if m.cleanup <= 0 || len(ls) == 0 {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), m.cleanup)
-	defer cancel()
 	var wg sync.WaitGroup
 	for _, l := range ls {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, _ = m.release(ctx, l, time.Now())
+			m.undo(l)
 		}()
 	}
 	wg.Wait()

@@ -35,7 +35,7 @@ func (m *Manager) notReplicated(res rueidis.RedisResult) error {
 		return fmt.Errorf("wait for %d replicas: %w", m.waitN, err)
 	}
 	if n < m.waitN {
-		return fmt.Errorf("%w: %d of %d acknowledged within %dms", ErrNotReplicated, n, m.waitN, m.waitMS)
+		return fmt.Errorf("%w: %d of %d replicas acknowledged within %dms", ErrNotReplicated, n, m.waitN, m.waitMS)
 	}
 	return nil
 }
@@ -43,8 +43,8 @@ func (m *Manager) notReplicated(res rueidis.RedisResult) error {
 // acquireReplicated is attempt's acquire script followed by WAIT in one
 // batch on one connection (EVAL instead of EVALSHA after NOSCRIPT). When the
 // script took the lock but WAIT reports fewer than waitN acknowledgements,
-// or failed, it releases the lock (in the background, bounded by
-// CleanupTimeout) and returns the error. A batch that did not take the lock
+// or failed, it releases the lock (bounded by CleanupTimeout) and returns
+// the error. A batch that did not take the lock
 // returns its result and ignores WAIT's reply.
 func (m *Manager) acquireReplicated(ctx context.Context, l *Lease, ttl, lineTTL time.Duration) (gen.AcquireResult, error) {
 	c, k, tok := m.client, &l.k, string(l.token)
@@ -60,7 +60,7 @@ func (m *Manager) acquireReplicated(ctx context.Context, l *Lease, ttl, lineTTL 
 		return r, err
 	}
 	if err := m.notReplicated(res[1]); err != nil {
-		m.releaseLater(l)
+		m.undo(l) // before returning: the caller is told it holds nothing
 		return gen.AcquireResult{}, err
 	}
 	return r, nil
