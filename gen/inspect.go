@@ -22,7 +22,7 @@ const InspectSource = `-- name: inspect
 -- Reads the lock KEYS[1] without writing (usable with EVAL_RO/EVALSHA_RO and
 -- so with client-side caching) and replies {token, pttl}: the holder's token
 -- and its remaining PTTL in milliseconds (-1 if the key has no expiry), or
--- {nil, 0} when nobody holds it. RESP3 connections see the nil as false.
+-- {nil, 0} when nobody holds it (nil: a RESP2 nil, a RESP3 null).
 if #KEYS ~= 1 then
   return redis.error_reply('ERR wrong number of keys: want 1 (lock key)')
 end
@@ -33,7 +33,7 @@ end
 return {holder, redis.call('PTTL', KEYS[1])}`
 
 // InspectSHA1 is the SHA1 of InspectSource, as SCRIPT LOAD replies it.
-const InspectSHA1 = "942b64d3b66d681923c89b8a7abc69ffb5901356"
+const InspectSHA1 = "cf9c19b911cd7df7932a9880744eb945036efceb"
 
 var inspectScript = rueidis.NewLuaScriptReadOnly(InspectSource)
 
@@ -53,7 +53,7 @@ type InspectResult struct {
 // Reads the lock KEYS[1] without writing (usable with EVAL_RO/EVALSHA_RO and
 // so with client-side caching) and replies {token, pttl}: the holder's token
 // and its remaining PTTL in milliseconds (-1 if the key has no expiry), or
-// {nil, 0} when nobody holds it. RESP3 connections see the nil as false.
+// {nil, 0} when nobody holds it (nil: a RESP2 nil, a RESP3 null).
 //
 // On success it returns the decoded reply. On failure it returns the zero
 // InspectResult and the error: a Redis error reply (the script's own or the
