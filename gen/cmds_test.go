@@ -28,17 +28,17 @@ func TestCmds_batchWithNOSCRIPTFallback(t *testing.T) {
 			t.Fatalf("%s after SCRIPT FLUSH: err = %v, want NOSCRIPT", what, err)
 		}
 	}
-	res := c.DoMulti(ctx, gen.AcquireCmd(c, lk, fk, "tok", time.Minute), c.B().Wait().Numreplicas(0).Timeout(1).Build())
+	res := c.DoMulti(ctx, gen.AcquireCmd(c, lk, fk, lk+":line", lk+":line:deadlines", lk+":line:args", "tok", time.Minute, 0, ""), c.B().Wait().Numreplicas(0).Timeout(1).Build())
 	_, err := gen.ParseAcquire(res[0])
 	noScript("AcquireCmd", err)
 	if n, err := res[1].AsInt64(); err != nil || n != 0 {
 		t.Fatalf("WAIT 0 = %d, %v; want 0 replicas", n, err)
 	}
-	a, err := gen.ParseAcquire(c.DoMulti(ctx, gen.AcquireEvalCmd(c, lk, fk, "tok", time.Minute))[0])
+	a, err := gen.ParseAcquire(c.DoMulti(ctx, gen.AcquireEvalCmd(c, lk, fk, lk+":line", lk+":line:deadlines", lk+":line:args", "tok", time.Minute, 0, ""))[0])
 	if err != nil || a != (gen.AcquireResult{Acquired: true, Fence: 1, TTL: time.Minute}) {
 		t.Fatalf("AcquireEvalCmd = %+v, %v; want {true 1 1m}", a, err)
 	}
-	a, err = gen.ParseAcquire(c.Do(ctx, gen.AcquireCmd(c, lk, fk, "other", time.Minute)))
+	a, err = gen.ParseAcquire(c.Do(ctx, gen.AcquireCmd(c, lk, fk, lk+":line", lk+":line:deadlines", lk+":line:args", "other", time.Minute, 0, "")))
 	if err != nil || a.Acquired || a.TTL <= 0 {
 		t.Fatalf("AcquireCmd(other) = %+v, %v; want not acquired with the holder's TTL", a, err)
 	}
@@ -60,13 +60,13 @@ func TestCmds_batchWithNOSCRIPTFallback(t *testing.T) {
 		t.Fatalf("InspectEvalCmd = %+v, %v; want held by tok", in, err)
 	}
 
-	_, err = gen.ParseRelease(c.Do(ctx, gen.ReleaseCmd(c, lk, "tok")))
+	_, err = gen.ParseRelease(c.Do(ctx, gen.ReleaseCmd(c, lk, fk, lk+":line", lk+":line:deadlines", lk+":line:args", "tok", "")))
 	noScript("ReleaseCmd", err)
-	rel, err := gen.ParseRelease(c.Do(ctx, gen.ReleaseEvalCmd(c, lk, "tok")))
+	rel, err := gen.ParseRelease(c.Do(ctx, gen.ReleaseEvalCmd(c, lk, fk, lk+":line", lk+":line:deadlines", lk+":line:args", "tok", "")))
 	if err != nil || !rel.Released {
 		t.Fatalf("ReleaseEvalCmd = %+v, %v; want released", rel, err)
 	}
-	rel, err = gen.ParseRelease(c.Do(ctx, gen.ReleaseCmd(c, lk, "tok")))
+	rel, err = gen.ParseRelease(c.Do(ctx, gen.ReleaseCmd(c, lk, fk, lk+":line", lk+":line:deadlines", lk+":line:args", "tok", "")))
 	if err != nil || rel.Released {
 		t.Fatalf("ReleaseCmd(again) = %+v, %v; want not released, script now loaded", rel, err)
 	}
