@@ -137,7 +137,8 @@ func asDurationMS(m *rueidis.RedisMessage) (time.Duration, error) {
 }
 
 // asNullString decodes a string that may be nil. Lua false reaches RESP2
-// clients as nil and RESP3 clients (rueidis) as the boolean false.
+// clients as nil and RESP3 clients (rueidis) as null; a boolean false only
+// from a script that called redis.setresp(3). All three mean nil here.
 func asNullString(m *rueidis.RedisMessage) (s string, present bool, err error) {
 	if m.IsNil() || m.IsBool() {
 		return "", false, nil

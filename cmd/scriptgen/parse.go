@@ -70,6 +70,9 @@ func parseScript(path, name string, src []byte) (*script, error) {
 	if name == "scripts" {
 		return fail(1, "script name %q is reserved for the generated index", name)
 	}
+	if functionPrefix+name == protocolFunction {
+		return fail(1, "script name %q is reserved for the library's %s function", name, protocolFunction)
+	}
 	lines := strings.Split(text, "\n")
 	seen := map[string]int{}
 	inFields := true

@@ -529,7 +529,8 @@ func addHelpers(f *jen.File, used map[string]bool) {
 	}
 	if used["string|nil"] {
 		f.Comment("// asNullString decodes a string that may be nil. Lua false reaches RESP2")
-		f.Comment("// clients as nil and RESP3 clients (rueidis) as the boolean false.")
+		f.Comment("// clients as nil and RESP3 clients (rueidis) as null; a boolean false only")
+		f.Comment("// from a script that called redis.setresp(3). All three mean nil here.")
 		f.Func().Id("asNullString").Params(jen.Id("m").Add(rm())).
 			Params(jen.Id("s").String(), jen.Id("present").Bool(), jen.Err().Error()).Block(
 			jen.If(jen.Id("m").Dot("IsNil").Call().Op("||").Id("m").Dot("IsBool").Call()).Block(

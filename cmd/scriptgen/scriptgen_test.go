@@ -90,6 +90,7 @@ func TestParse_badHeaders(t *testing.T) {
 		{"name differs from file", "x", strings.Replace(ok, "name: x", "name: y", 1), "scripts/x.lua:1: name \"y\": want \"x\", the file's base name"},
 		{"bad file name", "X-y", ok, "scripts/X-y.lua:1: file name \"X-y.lua\": want lower_snake_case ending in .lua"},
 		{"reserved name", "scripts", strings.Replace(ok, "name: x", "name: scripts", 1), "scripts/scripts.lua:1: script name \"scripts\" is reserved for the generated index"},
+		{"protocol name", "protocol", strings.Replace(ok, "name: x", "name: protocol", 1), "scripts/protocol.lua:1: script name \"protocol\" is reserved for the library's klauthed_protocol function"},
 		{"no colon", "x", "-- name: x\n-- keys k\n", "scripts/x.lua:2: malformed header line \"-- keys k\": want \"-- field: value\""},
 		{"no space after dashes", "x", "-- name: x\n--keys: k\n", "scripts/x.lua:2: malformed header line \"--keys: k\": want \"-- field: value\""},
 		{"unknown field", "x", ok + "-- returns: 1\n", "scripts/x.lua:5: unknown header field \"returns\" (want name, keys, argv, reply, readonly, error)"},
