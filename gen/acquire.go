@@ -4,14 +4,15 @@ package gen
 
 import (
 	"context"
-	"github.com/redis/rueidis"
 	"strconv"
 	"time"
+
+	"github.com/redis/rueidis"
 )
 
-// AcquireSource is the Lua source of scripts/acquire.lua, as EVAL sends it: the file
-// without its final newline, which is also what `redis-cli SCRIPT LOAD
-// "$(cat scripts/acquire.lua)"` loads.
+// AcquireSource is scripts/acquire.lua as EVAL sends it: the file without its
+// final newline, as `redis-cli SCRIPT LOAD "$(cat scripts/acquire.lua)"` loads
+// it.
 const AcquireSource = `-- name: acquire
 -- keys: lock_key, fence_key, line_key, line_deadlines_key, line_args_key
 -- argv: token string, ttl duration_ms, line_ttl duration_ms, channel string
@@ -190,6 +191,24 @@ const AcquireSHA1 = "734ef9661f7ad1505792bffc179127131ebcfc55"
 
 var acquireScript = rueidis.NewLuaScript(AcquireSource)
 
+// AcquireKeys are the KEYS of scripts/acquire.lua, in its order.
+type AcquireKeys struct {
+	LockKey          string
+	FenceKey         string
+	LineKey          string
+	LineDeadlinesKey string
+	LineArgsKey      string
+}
+
+// AcquireArgs are the ARGV of scripts/acquire.lua, in its order. TTL and
+// LineTTL are sent as whole milliseconds (truncated).
+type AcquireArgs struct {
+	Token   string
+	TTL     time.Duration
+	LineTTL time.Duration
+	Channel string
+}
+
 // AcquireResult is the reply of scripts/acquire.lua.
 type AcquireResult struct {
 	// Acquired is reply element 1 (1 true, 0 false).
@@ -202,30 +221,9 @@ type AcquireResult struct {
 	Position int64
 }
 
-// Acquire runs scripts/acquire.lua with EVALSHA, falling back to EVAL when the server
-// does not have the script loaded (NOSCRIPT).
-//
-// Protocol 2 (scripts/README.md, "The line"). Takes the lock KEYS[1] for the
-// token ARGV[1] for ARGV[2] ms, or, when it is held and ARGV[3] (line ttl) is
-// not 0, keeps the token's place in the key's FIFO line, so the release that
-// frees the key hands it to the line's head. Replies {acquired, fence, ttl,
-// position}:
-//   - lock free, line empty or headed by this token: SET NX PX, INCR the
-//     fence counter KEYS[2], leave the line; reply {1, new fence, ttl, 0}.
-//   - lock holds this token (a retried acquire, or a waiter granted the key
-//     by a release): reset its TTL to ttl; reply {1, current fence, ttl, 0}.
-//   - otherwise: if the lock is free, hand it to the line's head first (as
-//     release does). With line ttl 0 change nothing else and reply {0, 0,
-//     holder's PTTL, 0}; else join the line at its tail, or keep this
-//     token's place, its entry alive for line ttl ms, and reply {0, 0,
-//     holder's PTTL, place in line from 1}.
-//
-// Line entries that were not kept alive are dropped. The fence counter has no
-// TTL; the line's keys vanish when it is empty. All keys share a hash slot.
-//
-// ttl is sent as whole milliseconds (truncated).
-//
-// lineTTL is sent as whole milliseconds (truncated).
+// Acquire runs scripts/acquire.lua with EVALSHA, and with EVAL when the server
+// lacks the script (NOSCRIPT). What the script does, replies and writes is in
+// its header and in scripts/README.md.
 //
 // On success it returns the decoded reply. On failure it returns the zero
 // AcquireResult and the error: a Redis error reply (the script's own or the
@@ -234,39 +232,36 @@ type AcquireResult struct {
 // differs from the script's header. Error replies of the script:
 //
 //   - ERR wrong number of keys: want 5 (lock, fence, line, line deadlines, line args)
+//
 //   - ERR invalid token: want a non-empty string
+//
 //   - ERR invalid ttl: want an integer number of milliseconds from 1 to 31536000000
+//
 //   - ERR invalid line ttl: want an integer number of milliseconds from 0 to 31536000000
+//
 //   - WRONGTYPE when a key holds a value of another type than the protocol's
-func Acquire(ctx context.Context, c rueidis.Client, lockKey string, fenceKey string, lineKey string, lineDeadlinesKey string, lineArgsKey string, token string, ttl time.Duration, lineTTL time.Duration, channel string) (AcquireResult, error) {
-	keys := [5]string{lockKey, fenceKey, lineKey, lineDeadlinesKey, lineArgsKey}
-	args := [4]string{token, strconv.FormatInt(int64(ttl/time.Millisecond), 10), strconv.FormatInt(int64(lineTTL/time.Millisecond), 10), channel}
-	return ParseAcquire(acquireScript.Exec(ctx, c, keys[:], args[:]))
+func Acquire(ctx context.Context, c rueidis.Client, keyList AcquireKeys, argList AcquireArgs) (AcquireResult, error) {
+	keys := [5]string{keyList.LockKey, keyList.FenceKey, keyList.LineKey, keyList.LineDeadlinesKey, keyList.LineArgsKey}
+	args := [4]string{argList.Token, strconv.FormatInt(int64(argList.TTL/time.Millisecond), 10), strconv.FormatInt(int64(argList.LineTTL/time.Millisecond), 10), argList.Channel}
+	return parseAcquire(acquireScript.Exec(ctx, c, keys[:], args[:]))
 }
 
-// AcquireCmd builds the EVALSHA of scripts/acquire.lua with c's command builder,
-// without sending it, for batching the script with other commands in one
-// c.DoMulti (with a blocking command such as WAIT, rueidis sends the whole
-// batch on one dedicated connection). Decode its reply with ParseAcquire;
-// when that is a NOSCRIPT error (rueidis.IsRedisErr, IsNoScript), send
-// AcquireEvalCmd instead. Arguments are encoded as by Acquire; nothing is
-// validated here. A Completed must be sent at most once.
-func AcquireCmd(c rueidis.Client, lockKey string, fenceKey string, lineKey string, lineDeadlinesKey string, lineArgsKey string, token string, ttl time.Duration, lineTTL time.Duration, channel string) rueidis.Completed {
-	return c.B().Evalsha().Sha1(AcquireSHA1).Numkeys(5).Key(lockKey, fenceKey, lineKey, lineDeadlinesKey, lineArgsKey).Arg(token, strconv.FormatInt(int64(ttl/time.Millisecond), 10), strconv.FormatInt(int64(lineTTL/time.Millisecond), 10), channel).Build()
+// Acquire adds a call of scripts/acquire.lua to the batch; its Pending holds
+// what Acquire would return.
+func (batch *Batch) Acquire(keyList AcquireKeys, argList AcquireArgs) *Pending[AcquireResult] {
+	pending := new(Pending[AcquireResult])
+	batch.script(AcquireSHA1, AcquireSource, false, []string{keyList.LockKey, keyList.FenceKey, keyList.LineKey, keyList.LineDeadlinesKey, keyList.LineArgsKey}, []string{argList.Token, strconv.FormatInt(int64(argList.TTL/time.Millisecond), 10), strconv.FormatInt(int64(argList.LineTTL/time.Millisecond), 10), argList.Channel}, func(res rueidis.RedisResult) {
+		pending.v, pending.err = parseAcquire(res)
+		pending.done = true
+	})
+	return pending
 }
 
-// AcquireEvalCmd is AcquireCmd with EVAL and the full source, for the
-// retry after NOSCRIPT (it also loads the script into the server's cache).
-func AcquireEvalCmd(c rueidis.Client, lockKey string, fenceKey string, lineKey string, lineDeadlinesKey string, lineArgsKey string, token string, ttl time.Duration, lineTTL time.Duration, channel string) rueidis.Completed {
-	return c.B().Eval().Script(AcquireSource).Numkeys(5).Key(lockKey, fenceKey, lineKey, lineDeadlinesKey, lineArgsKey).Arg(token, strconv.FormatInt(int64(ttl/time.Millisecond), 10), strconv.FormatInt(int64(lineTTL/time.Millisecond), 10), channel).Build()
-}
-
-// ParseAcquire decodes the reply of scripts/acquire.lua, as Acquire, AcquireCmd or
-// AcquireEvalCmd produced it. A Redis error reply (NOSCRIPT included) comes
-// back unchanged as the error; a nil reply or element becomes an error
-// describing the reply's shape, never rueidis.Nil. On failure the
-// AcquireResult is the zero value.
-func ParseAcquire(res rueidis.RedisResult) (r AcquireResult, err error) {
+// parseAcquire decodes a reply of scripts/acquire.lua. A Redis error reply
+// comes back unchanged; a nil reply or element becomes an error describing the
+// reply's shape, never rueidis.Nil. On failure the AcquireResult is the zero
+// value.
+func parseAcquire(res rueidis.RedisResult) (r AcquireResult, err error) {
 	vals, err := res.ToArray()
 	if err != nil {
 		return r, replyErr("acquire", err)

@@ -32,11 +32,18 @@ func keys(t testing.TB) (string, string) {
 // acquire runs gen.Acquire on the lock lk (fence fk, line keys named after
 // lk) as TryAcquire would: line ttl 0, no channel.
 func acquire(ctx context.Context, c rueidis.Client, lk, fk, tok string, ttl time.Duration) (gen.AcquireResult, error) {
-	return gen.Acquire(ctx, c, lk, fk, lk+":line", lk+":line:deadlines", lk+":line:args", tok, ttl, 0, "")
+	return gen.Acquire(ctx, c, acquireKeys(lk), gen.AcquireArgs{Token: tok, TTL: ttl})
 }
 
 func release(ctx context.Context, c rueidis.Client, lk, tok string) (gen.ReleaseResult, error) {
-	return gen.Release(ctx, c, lk, lk+":fence", lk+":line", lk+":line:deadlines", lk+":line:args", tok, "")
+	return gen.Release(ctx, c, gen.ReleaseKeys(acquireKeys(lk)), tok, "")
+}
+
+// acquireKeys are the five keys of the lock lk, named as scripts/README.md
+// says.
+func acquireKeys(lk string) gen.AcquireKeys {
+	return gen.AcquireKeys{LockKey: lk, FenceKey: lk + ":fence", LineKey: lk + ":line",
+		LineDeadlinesKey: lk + ":line:deadlines", LineArgsKey: lk + ":line:args"}
 }
 
 // exercise runs every wrapper through the whole lock life cycle and checks

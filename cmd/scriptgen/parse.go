@@ -44,6 +44,7 @@ var replyTypes = map[string]bool{
 var reserved = map[string]bool{
 	"ctx": true, "c": true, "keys": true, "args": true, "res": true,
 	"clientTTL": true, "r": true, "err": true, "vals": true, "msg": true,
+	"keyList": true, "argList": true, "batch": true, "pending": true,
 }
 
 // headerError is a malformed header, reported as "path:line: msg".

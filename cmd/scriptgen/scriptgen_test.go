@@ -39,11 +39,11 @@ func TestRender_golden(t *testing.T) {
 				t.Fatal(err)
 			}
 			all = append(all, s)
-			var buf bytes.Buffer
-			if err := renderScript(s).Render(&buf); err != nil {
+			b, err := renderFile(renderScript(s))
+			if err != nil {
 				t.Fatal(err)
 			}
-			golden(t, tc.name+".go.golden", buf.Bytes())
+			golden(t, tc.name+".go.golden", b)
 		})
 	}
 	t.Run("index", func(t *testing.T) {
@@ -51,11 +51,11 @@ func TestRender_golden(t *testing.T) {
 			t.Fatal("a case above failed")
 		}
 		sort.Slice(all, func(i, j int) bool { return all[i].Name < all[j].Name })
-		var buf bytes.Buffer
-		if err := renderIndex(all, "scripts").Render(&buf); err != nil {
+		b, err := renderFile(renderIndex(all, "scripts"))
+		if err != nil {
 			t.Fatal(err)
 		}
-		golden(t, "scripts.go.golden", buf.Bytes())
+		golden(t, "scripts.go.golden", b)
 	})
 }
 
