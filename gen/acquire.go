@@ -4,14 +4,15 @@ package gen
 
 import (
 	"context"
-	"github.com/redis/rueidis"
 	"strconv"
 	"time"
+
+	"github.com/redis/rueidis"
 )
 
-// AcquireSource is the Lua source of scripts/acquire.lua, as EVAL sends it: the file
-// without its final newline, which is also what `redis-cli SCRIPT LOAD
-// "$(cat scripts/acquire.lua)"` loads.
+// AcquireSource is scripts/acquire.lua as EVAL sends it: the file without its
+// final newline, as `redis-cli SCRIPT LOAD "$(cat scripts/acquire.lua)"` loads
+// it.
 const AcquireSource = `-- name: acquire
 -- keys: lock_key, fence_key, line_key, line_deadlines_key, line_args_key
 -- argv: token string, ttl duration_ms, line_ttl duration_ms, channel string
@@ -63,6 +64,25 @@ local function leave(t)
   redis.call('HDEL', LA, t)
 end
 
+-- lineRead reads each line key once, so that a key of the wrong type fails
+-- the call before it writes anything (scripts are not rolled back); it
+-- replies this token's deadline in the line, or nil.
+local function lineRead()
+  redis.call('ZSCORE', L, token)
+  redis.call('HGET', LA, token)
+  return tonumber(redis.call('ZSCORE', LD, token))
+end
+
+-- fenceRead checks, before anything is written, that INCR of the fence
+-- counter will succeed: the fence key is absent or holds an integer.
+local function fenceRead()
+  local f = redis.call('GET', KEYS[2])
+  if f and f ~= '0' and not string.match(f, '^%-?[1-9]%d*$') then
+    return redis.error_reply('ERR fence key holds a value that is not an integer')
+  end
+  return f
+end
+
 -- now in ms on the server's clock (scripts replicate by effects).
 local function now()
   local t = redis.call('TIME')
@@ -91,19 +111,17 @@ end
 -- grant sets the free lock to the line head's token, allocates its fence
 -- and tells its waiter on its channel: "fence ttl token".
 local function grant(h, httl, hch)
-  local fence = redis.pcall('INCR', KEYS[2])
-  if type(fence) == 'table' then return fence end
+  local fence = redis.call('INCR', KEYS[2])
   redis.call('SET', KEYS[1], h, 'PX', httl)
   leave(h)
   if hch ~= '' then
     redis.call('PUBLISH', hch, string.format('%d', fence) .. ' ' .. httl .. ' ' .. h)
   end
-  return fence
 end
 
 local holder = redis.call('GET', KEYS[1])
 if holder == token then
-  -- Read the fence before PEXPIRE, so a bad fence key changes nothing.
+  -- Read the fence and the line before PEXPIRE, so a bad key changes nothing.
   local fence = redis.call('GET', KEYS[2])
   if fence then
     fence = tonumber(fence)
@@ -113,31 +131,35 @@ if holder == token then
   else
     fence = 0
   end
+  local queued = redis.call('EXISTS', L) == 1 and lineRead()
   redis.call('PEXPIRE', KEYS[1], ttl)
-  leave(token)
+  if queued then leave(token) end
   return {1, fence, ms, 0}
 end
+if not holder and redis.call('EXISTS', L) == 0 then
+  -- Fast path: nobody waits, so no clock and no line to read.
+  local fence = redis.pcall('INCR', KEYS[2])
+  if type(fence) == 'table' then return fence end
+  redis.call('SET', KEYS[1], token, 'PX', ttl)
+  return {1, fence, ms, 0}
+end
+-- A TryAcquire of a held key (line ttl 0) writes nothing and reads no line.
+local deadline = nil
+if not holder or lms ~= 0 then deadline = lineRead() end
 local t = nil
 if not holder then
-  -- Fast path: nobody waits, so no clock and no line to read.
-  if redis.call('EXISTS', L) == 0 then
-    local fence = redis.pcall('INCR', KEYS[2])
-    if type(fence) == 'table' then return fence end
-    redis.call('SET', KEYS[1], token, 'PX', ttl)
-    return {1, fence, ms, 0}
-  end
+  local bad = fenceRead()
+  if type(bad) == 'table' then return bad end
   t = now()
   local h, httl, hch = head(t)
   if not h or h == token then
-    local fence = redis.pcall('INCR', KEYS[2])
-    if type(fence) == 'table' then return fence end
+    local fence = redis.call('INCR', KEYS[2])
     redis.call('SET', KEYS[1], token, 'PX', ttl)
     leave(token)
     return {1, fence, ms, 0}
   end
   -- The key is free but others were here first: it is the head's.
-  local fence = grant(h, httl, hch)
-  if type(fence) == 'table' then return fence end
+  grant(h, httl, hch)
 end
 local pttl = redis.call('PTTL', KEYS[1])
 if lms == 0 then
@@ -145,8 +167,13 @@ if lms == 0 then
 end
 if not t then
   t = now()
+  -- Drop lapsed entries, so the line shows who is still waiting.
   local dead = redis.call('ZRANGEBYSCORE', LD, '-inf', t, 'LIMIT', 0, 64)
   for i = 1, #dead do leave(dead[i]) end
+end
+-- An entry not kept alive lost its place, even if no call dropped it yet.
+if deadline and deadline <= t then
+  leave(token)
 end
 if not redis.call('ZSCORE', L, token) then
   local last = redis.call('ZRANGE', L, -1, -1, 'WITHSCORES')
@@ -165,9 +192,27 @@ redis.call('PEXPIRE', LA, keep)
 return {0, 0, pttl, redis.call('ZRANK', L, token) + 1}`
 
 // AcquireSHA1 is the SHA1 of AcquireSource, as SCRIPT LOAD replies it.
-const AcquireSHA1 = "d3b03ead492b9292d9a46384f1deaf1297d5886f"
+const AcquireSHA1 = "21e44b16e70769fb1db7a614bb21d4767487423b"
 
 var acquireScript = rueidis.NewLuaScript(AcquireSource)
+
+// AcquireKeys are the KEYS of scripts/acquire.lua, in its order.
+type AcquireKeys struct {
+	LockKey          string
+	FenceKey         string
+	LineKey          string
+	LineDeadlinesKey string
+	LineArgsKey      string
+}
+
+// AcquireArgs are the ARGV of scripts/acquire.lua, in its order. TTL and
+// LineTTL are sent as whole milliseconds (truncated).
+type AcquireArgs struct {
+	Token   string
+	TTL     time.Duration
+	LineTTL time.Duration
+	Channel string
+}
 
 // AcquireResult is the reply of scripts/acquire.lua.
 type AcquireResult struct {
@@ -181,30 +226,9 @@ type AcquireResult struct {
 	Position int64
 }
 
-// Acquire runs scripts/acquire.lua with EVALSHA, falling back to EVAL when the server
-// does not have the script loaded (NOSCRIPT).
-//
-// Protocol 2 (scripts/README.md, "The line"). Takes the lock KEYS[1] for the
-// token ARGV[1] for ARGV[2] ms, or, when it is held and ARGV[3] (line ttl) is
-// not 0, keeps the token's place in the key's FIFO line, so the release that
-// frees the key hands it to the line's head. Replies {acquired, fence, ttl,
-// position}:
-//   - lock free, line empty or headed by this token: SET NX PX, INCR the
-//     fence counter KEYS[2], leave the line; reply {1, new fence, ttl, 0}.
-//   - lock holds this token (a retried acquire, or a waiter granted the key
-//     by a release): reset its TTL to ttl; reply {1, current fence, ttl, 0}.
-//   - otherwise: if the lock is free, hand it to the line's head first (as
-//     release does). With line ttl 0 change nothing else and reply {0, 0,
-//     holder's PTTL, 0}; else join the line at its tail, or keep this
-//     token's place, its entry alive for line ttl ms, and reply {0, 0,
-//     holder's PTTL, place in line from 1}.
-//
-// Line entries that were not kept alive are dropped. The fence counter has no
-// TTL; the line's keys vanish when it is empty. All keys share a hash slot.
-//
-// ttl is sent as whole milliseconds (truncated).
-//
-// lineTTL is sent as whole milliseconds (truncated).
+// Acquire runs scripts/acquire.lua with EVALSHA, and with EVAL when the server
+// lacks the script (NOSCRIPT). What the script does, replies and writes is in
+// its header and in scripts/README.md.
 //
 // On success it returns the decoded reply. On failure it returns the zero
 // AcquireResult and the error: a Redis error reply (the script's own or the
@@ -213,39 +237,36 @@ type AcquireResult struct {
 // differs from the script's header. Error replies of the script:
 //
 //   - ERR wrong number of keys: want 5 (lock, fence, line, line deadlines, line args)
+//
 //   - ERR invalid token: want a non-empty string
+//
 //   - ERR invalid ttl: want an integer number of milliseconds from 1 to 31536000000
+//
 //   - ERR invalid line ttl: want an integer number of milliseconds from 0 to 31536000000
+//
 //   - WRONGTYPE when a key holds a value of another type than the protocol's
-func Acquire(ctx context.Context, c rueidis.Client, lockKey string, fenceKey string, lineKey string, lineDeadlinesKey string, lineArgsKey string, token string, ttl time.Duration, lineTTL time.Duration, channel string) (AcquireResult, error) {
-	keys := [5]string{lockKey, fenceKey, lineKey, lineDeadlinesKey, lineArgsKey}
-	args := [4]string{token, strconv.FormatInt(int64(ttl/time.Millisecond), 10), strconv.FormatInt(int64(lineTTL/time.Millisecond), 10), channel}
-	return ParseAcquire(acquireScript.Exec(ctx, c, keys[:], args[:]))
+func Acquire(ctx context.Context, c rueidis.Client, keyList AcquireKeys, argList AcquireArgs) (AcquireResult, error) {
+	keys := [5]string{keyList.LockKey, keyList.FenceKey, keyList.LineKey, keyList.LineDeadlinesKey, keyList.LineArgsKey}
+	args := [4]string{argList.Token, strconv.FormatInt(int64(argList.TTL/time.Millisecond), 10), strconv.FormatInt(int64(argList.LineTTL/time.Millisecond), 10), argList.Channel}
+	return parseAcquire(acquireScript.Exec(ctx, c, keys[:], args[:]))
 }
 
-// AcquireCmd builds the EVALSHA of scripts/acquire.lua with c's command builder,
-// without sending it, for batching the script with other commands in one
-// c.DoMulti (with a blocking command such as WAIT, rueidis sends the whole
-// batch on one dedicated connection). Decode its reply with ParseAcquire;
-// when that is a NOSCRIPT error (rueidis.IsRedisErr, IsNoScript), send
-// AcquireEvalCmd instead. Arguments are encoded as by Acquire; nothing is
-// validated here. A Completed must be sent at most once.
-func AcquireCmd(c rueidis.Client, lockKey string, fenceKey string, lineKey string, lineDeadlinesKey string, lineArgsKey string, token string, ttl time.Duration, lineTTL time.Duration, channel string) rueidis.Completed {
-	return c.B().Evalsha().Sha1(AcquireSHA1).Numkeys(5).Key(lockKey, fenceKey, lineKey, lineDeadlinesKey, lineArgsKey).Arg(token, strconv.FormatInt(int64(ttl/time.Millisecond), 10), strconv.FormatInt(int64(lineTTL/time.Millisecond), 10), channel).Build()
+// Acquire adds a call of scripts/acquire.lua to the batch; its Pending holds
+// what Acquire would return.
+func (batch *Batch) Acquire(keyList AcquireKeys, argList AcquireArgs) *Pending[AcquireResult] {
+	pending := new(Pending[AcquireResult])
+	batch.script(AcquireSHA1, AcquireSource, false, []string{keyList.LockKey, keyList.FenceKey, keyList.LineKey, keyList.LineDeadlinesKey, keyList.LineArgsKey}, []string{argList.Token, strconv.FormatInt(int64(argList.TTL/time.Millisecond), 10), strconv.FormatInt(int64(argList.LineTTL/time.Millisecond), 10), argList.Channel}, func(res rueidis.RedisResult) {
+		pending.v, pending.err = parseAcquire(res)
+		pending.done = true
+	})
+	return pending
 }
 
-// AcquireEvalCmd is AcquireCmd with EVAL and the full source, for the
-// retry after NOSCRIPT (it also loads the script into the server's cache).
-func AcquireEvalCmd(c rueidis.Client, lockKey string, fenceKey string, lineKey string, lineDeadlinesKey string, lineArgsKey string, token string, ttl time.Duration, lineTTL time.Duration, channel string) rueidis.Completed {
-	return c.B().Eval().Script(AcquireSource).Numkeys(5).Key(lockKey, fenceKey, lineKey, lineDeadlinesKey, lineArgsKey).Arg(token, strconv.FormatInt(int64(ttl/time.Millisecond), 10), strconv.FormatInt(int64(lineTTL/time.Millisecond), 10), channel).Build()
-}
-
-// ParseAcquire decodes the reply of scripts/acquire.lua, as Acquire, AcquireCmd or
-// AcquireEvalCmd produced it. A Redis error reply (NOSCRIPT included) comes
-// back unchanged as the error; a nil reply or element becomes an error
-// describing the reply's shape, never rueidis.Nil. On failure the
-// AcquireResult is the zero value.
-func ParseAcquire(res rueidis.RedisResult) (r AcquireResult, err error) {
+// parseAcquire decodes a reply of scripts/acquire.lua. A Redis error reply
+// comes back unchanged; a nil reply or element becomes an error describing the
+// reply's shape, never rueidis.Nil. On failure the AcquireResult is the zero
+// value.
+func parseAcquire(res rueidis.RedisResult) (r AcquireResult, err error) {
 	vals, err := res.ToArray()
 	if err != nil {
 		return r, replyErr("acquire", err)

@@ -5,72 +5,60 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/rueidis"
-
 	"github.com/klauthed/lock/gen"
 	"github.com/klauthed/lock/internal/redistest"
 )
 
-// TestCmds_batchWithNOSCRIPTFallback sends every NAMECmd in a DoMulti batch
-// on a real Redis: after SCRIPT FLUSH the EVALSHA replies NOSCRIPT (passed
-// on unchanged by ParseNAME), NAMEEvalCmd runs the script and loads it, and
-// NAMECmd then works.
-func TestCmds_batchWithNOSCRIPTFallback(t *testing.T) {
+// TestBatch_recoversAfterScriptFlush sends every script through a Batch
+// together with WAIT on a real Redis whose script cache was flushed: each
+// script call meets NOSCRIPT, Do re-sends it as EVAL followed by the WAIT,
+// and the Pendings hold the scripts' real replies and WAIT's.
+func TestBatch_recoversAfterScriptFlush(t *testing.T) {
 	s := redistest.Start(t)
 	c := newClient(t, s.Addr, true)
 	ctx := context.Background()
-	lk, fk := keys(t)
-	s.Cli(t, "SCRIPT", "FLUSH")
-
-	noScript := func(what string, err error) {
-		t.Helper()
-		if re, ok := rueidis.IsRedisErr(err); !ok || !re.IsNoScript() {
-			t.Fatalf("%s after SCRIPT FLUSH: err = %v, want NOSCRIPT", what, err)
+	lk, _ := keys(t)
+	for round := range 2 { // after SCRIPT FLUSH, then with the scripts loaded
+		s.Cli(t, "SCRIPT", "FLUSH")
+		if round == 1 {
+			for _, sc := range gen.Scripts {
+				s.Cli(t, "SCRIPT", "LOAD", sc.Source)
+			}
 		}
-	}
-	res := c.DoMulti(ctx, gen.AcquireCmd(c, lk, fk, "tok", time.Minute), c.B().Wait().Numreplicas(0).Timeout(1).Build())
-	_, err := gen.ParseAcquire(res[0])
-	noScript("AcquireCmd", err)
-	if n, err := res[1].AsInt64(); err != nil || n != 0 {
-		t.Fatalf("WAIT 0 = %d, %v; want 0 replicas", n, err)
-	}
-	a, err := gen.ParseAcquire(c.DoMulti(ctx, gen.AcquireEvalCmd(c, lk, fk, "tok", time.Minute))[0])
-	if err != nil || a != (gen.AcquireResult{Acquired: true, Fence: 1, TTL: time.Minute}) {
-		t.Fatalf("AcquireEvalCmd = %+v, %v; want {true 1 1m}", a, err)
-	}
-	a, err = gen.ParseAcquire(c.Do(ctx, gen.AcquireCmd(c, lk, fk, "other", time.Minute)))
-	if err != nil || a.Acquired || a.TTL <= 0 {
-		t.Fatalf("AcquireCmd(other) = %+v, %v; want not acquired with the holder's TTL", a, err)
-	}
-
-	_, err = gen.ParseRefresh(c.Do(ctx, gen.RefreshCmd(c, lk, "tok", time.Hour)))
-	noScript("RefreshCmd", err)
-	r, err := gen.ParseRefresh(c.Do(ctx, gen.RefreshEvalCmd(c, lk, "tok", time.Hour)))
-	if err != nil || !r.Refreshed {
-		t.Fatalf("RefreshEvalCmd = %+v, %v; want refreshed", r, err)
-	}
-	if pttl := s.Cli(t, "PTTL", lk); len(pttl) < 7 { // an hour is 3600000 ms
-		t.Fatalf("PTTL after refresh to 1h = %s", pttl)
-	}
-
-	_, err = gen.ParseInspect(c.Do(ctx, gen.InspectCmd(c, lk)))
-	noScript("InspectCmd", err)
-	in, err := gen.ParseInspect(c.Do(ctx, gen.InspectEvalCmd(c, lk)))
-	if err != nil || !in.Held || in.Token != "tok" {
-		t.Fatalf("InspectEvalCmd = %+v, %v; want held by tok", in, err)
-	}
-
-	_, err = gen.ParseRelease(c.Do(ctx, gen.ReleaseCmd(c, lk, "tok")))
-	noScript("ReleaseCmd", err)
-	rel, err := gen.ParseRelease(c.Do(ctx, gen.ReleaseEvalCmd(c, lk, "tok")))
-	if err != nil || !rel.Released {
-		t.Fatalf("ReleaseEvalCmd = %+v, %v; want released", rel, err)
-	}
-	rel, err = gen.ParseRelease(c.Do(ctx, gen.ReleaseCmd(c, lk, "tok")))
-	if err != nil || rel.Released {
-		t.Fatalf("ReleaseCmd(again) = %+v, %v; want not released, script now loaded", rel, err)
-	}
-	if got := s.Cli(t, "EXISTS", lk); got != "0" {
-		t.Fatalf("EXISTS lock key after release = %s, want 0", got)
+		b := gen.NewBatch(c)
+		in0 := b.Inspect(lk)
+		acq := b.Acquire(acquireKeys(lk), gen.AcquireArgs{Token: "tok", TTL: time.Minute})
+		ref := b.Refresh(lk, "tok", time.Hour)
+		in1 := b.Inspect(lk)
+		rel := b.Release(gen.ReleaseKeys(acquireKeys(lk)), "tok", "")
+		wait := b.Add(c.B().Wait().Numreplicas(0).Timeout(1).Build())
+		if _, err := acq.Result(); err == nil {
+			t.Fatal("Pending.Result before Do: no error")
+		}
+		b.Do(ctx)
+		if r, err := in0.Result(); err != nil || r.Held {
+			t.Fatalf("round %d: Inspect(free) = %+v, %v", round, r, err)
+		}
+		if r, err := acq.Result(); err != nil || !r.Acquired || r.Fence != uint64(round+1) {
+			t.Fatalf("round %d: Acquire = %+v, %v", round, r, err)
+		}
+		if r, err := ref.Result(); err != nil || !r.Refreshed {
+			t.Fatalf("round %d: Refresh = %+v, %v", round, r, err)
+		}
+		if r, err := in1.Result(); err != nil || r.Token != "tok" || r.TTL <= time.Minute {
+			t.Fatalf("round %d: Inspect(held) = %+v, %v; want tok with the refreshed TTL", round, r, err)
+		}
+		if r, err := rel.Result(); err != nil || !r.Released {
+			t.Fatalf("round %d: Release = %+v, %v", round, r, err)
+		}
+		res, err := wait.Result()
+		if n, _ := res.AsInt64(); err != nil || n != 0 {
+			t.Fatalf("round %d: WAIT = %v, %v", round, res, err)
+		}
+		for _, sc := range gen.Scripts {
+			if got := s.Cli(t, "SCRIPT", "EXISTS", sc.SHA1); got != "1" {
+				t.Fatalf("round %d: SCRIPT EXISTS %s = %s, want 1", round, sc.Name, got)
+			}
+		}
 	}
 }

@@ -29,6 +29,23 @@ func keys(t testing.TB) (string, string) {
 	return k, k + ":fence"
 }
 
+// acquire runs gen.Acquire on the lock lk (fence fk, line keys named after
+// lk) as TryAcquire would: line ttl 0, no channel.
+func acquire(ctx context.Context, c rueidis.Client, lk, fk, tok string, ttl time.Duration) (gen.AcquireResult, error) {
+	return gen.Acquire(ctx, c, acquireKeys(lk), gen.AcquireArgs{Token: tok, TTL: ttl})
+}
+
+func release(ctx context.Context, c rueidis.Client, lk, tok string) (gen.ReleaseResult, error) {
+	return gen.Release(ctx, c, gen.ReleaseKeys(acquireKeys(lk)), tok, "")
+}
+
+// acquireKeys are the five keys of the lock lk, named as scripts/README.md
+// says.
+func acquireKeys(lk string) gen.AcquireKeys {
+	return gen.AcquireKeys{LockKey: lk, FenceKey: lk + ":fence", LineKey: lk + ":line",
+		LineDeadlinesKey: lk + ":line:deadlines", LineArgsKey: lk + ":line:args"}
+}
+
 // exercise runs every wrapper through the whole lock life cycle and checks
 // the typed results.
 func exercise(t *testing.T, c rueidis.Client) {
@@ -40,15 +57,15 @@ func exercise(t *testing.T, c rueidis.Client) {
 	if err != nil || in != (gen.InspectResult{}) {
 		t.Fatalf("Inspect(free) = %+v, %v; want zero result", in, err)
 	}
-	a, err := gen.Acquire(ctx, c, lk, fk, "tok", 5*time.Second)
+	a, err := acquire(ctx, c, lk, fk, "tok", 5*time.Second)
 	if err != nil || a != (gen.AcquireResult{Acquired: true, Fence: 1, TTL: 5 * time.Second}) {
 		t.Fatalf("Acquire = %+v, %v; want {true 1 5s}", a, err)
 	}
-	a, err = gen.Acquire(ctx, c, lk, fk, "tok", 7*time.Second+999*time.Microsecond)
+	a, err = acquire(ctx, c, lk, fk, "tok", 7*time.Second+999*time.Microsecond)
 	if err != nil || a != (gen.AcquireResult{Acquired: true, Fence: 1, TTL: 7 * time.Second}) {
 		t.Fatalf("Acquire(same token) = %+v, %v; want {true 1 7s} (ttl truncated to ms)", a, err)
 	}
-	o, err := gen.Acquire(ctx, c, lk, fk, "other", 5*time.Second)
+	o, err := acquire(ctx, c, lk, fk, "other", 5*time.Second)
 	if err != nil || o.Acquired || o.Fence != 0 || o.TTL <= 0 || o.TTL > 7*time.Second {
 		t.Fatalf("Acquire(other) = %+v, %v; want not acquired, holder TTL in (0, 7s]", o, err)
 	}
@@ -65,16 +82,16 @@ func exercise(t *testing.T, c rueidis.Client) {
 	if r, err := gen.Refresh(ctx, c, lk, "other", time.Minute); err != nil || r.Refreshed {
 		t.Fatalf("Refresh(other) = %+v, %v", r, err)
 	}
-	if r, err := gen.Release(ctx, c, lk, "other"); err != nil || r.Released {
+	if r, err := release(ctx, c, lk, "other"); err != nil || r.Released {
 		t.Fatalf("Release(other) = %+v, %v", r, err)
 	}
-	if r, err := gen.Release(ctx, c, lk, "tok"); err != nil || !r.Released {
+	if r, err := release(ctx, c, lk, "tok"); err != nil || !r.Released {
 		t.Fatalf("Release(holder) = %+v, %v", r, err)
 	}
-	if r, err := gen.Release(ctx, c, lk, "tok"); err != nil || r.Released {
+	if r, err := release(ctx, c, lk, "tok"); err != nil || r.Released {
 		t.Fatalf("Release(again) = %+v, %v", r, err)
 	}
-	a, err = gen.Acquire(ctx, c, lk, fk, "next", time.Second)
+	a, err = acquire(ctx, c, lk, fk, "next", time.Second)
 	if err != nil || !a.Acquired || a.Fence != 2 {
 		t.Fatalf("Acquire(after release) = %+v, %v; want fence 2", a, err)
 	}
@@ -123,7 +140,7 @@ func TestInspectCache_afterScriptFlush(t *testing.T) {
 	c := newClient(t, srv.Addr, false)
 	ctx := context.Background()
 	lk, fk := keys(t)
-	if _, err := gen.Acquire(ctx, c, lk, fk, "tok", time.Minute); err != nil {
+	if _, err := acquire(ctx, c, lk, fk, "tok", time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	srv.Cli(t, "SCRIPT", "FLUSH")
@@ -161,7 +178,7 @@ func TestInspectCache_servedFromClientCacheUntilKeyChanges(t *testing.T) {
 	other := newClient(t, srv.Addr, true)
 	ctx := context.Background()
 	lk, fk := keys(t)
-	if _, err := gen.Acquire(ctx, other, lk, fk, "first", time.Minute); err != nil {
+	if _, err := acquire(ctx, other, lk, fk, "first", time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	in, err := gen.InspectCache(ctx, c, lk, time.Minute)
@@ -183,10 +200,10 @@ func TestInspectCache_servedFromClientCacheUntilKeyChanges(t *testing.T) {
 
 	// Another connection releases and re-takes the key: the server sends
 	// an invalidation, and the next call must see the new holder.
-	if r, err := gen.Release(ctx, other, lk, "first"); err != nil || !r.Released {
+	if r, err := release(ctx, other, lk, "first"); err != nil || !r.Released {
 		t.Fatalf("Release = %+v, %v", r, err)
 	}
-	if _, err := gen.Acquire(ctx, other, lk, fk, "second", time.Minute); err != nil {
+	if _, err := acquire(ctx, other, lk, fk, "second", time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(5 * time.Second) // invalidations arrive asynchronously
@@ -216,7 +233,7 @@ func TestInspectCache_miniredisWithoutClientCache(t *testing.T) {
 	if in, err := gen.InspectCache(ctx, c, lk, time.Minute); err != nil || in.Held {
 		t.Fatalf("InspectCache(free) = %+v, %v", in, err)
 	}
-	if _, err := gen.Acquire(ctx, c, lk, fk, "tok", time.Minute); err != nil {
+	if _, err := acquire(ctx, c, lk, fk, "tok", time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	if in, err := gen.InspectCache(ctx, c, lk, time.Minute); err != nil || in.Token != "tok" {
@@ -241,24 +258,24 @@ func TestWrappers_errorRepliesAreRedisErrors(t *testing.T) {
 			t.Fatalf("%s: error %v is rueidis.Nil", what, err)
 		}
 	}
-	r, err := gen.Acquire(ctx, c, lk, fk, "tok", 0)
+	r, err := acquire(ctx, c, lk, fk, "tok", 0)
 	isRedisErr("Acquire(ttl 0)", err, "invalid ttl")
 	if r != (gen.AcquireResult{}) {
 		t.Fatalf("Acquire(ttl 0) result %+v, want zero", r)
 	}
-	_, err = gen.Acquire(ctx, c, lk, fk, "tok", 500*time.Microsecond)
+	_, err = acquire(ctx, c, lk, fk, "tok", 500*time.Microsecond)
 	isRedisErr("Acquire(ttl 0.5ms)", err, "invalid ttl")
-	_, err = gen.Acquire(ctx, c, lk, fk, "", time.Second)
+	_, err = acquire(ctx, c, lk, fk, "", time.Second)
 	isRedisErr("Acquire(empty token)", err, "invalid token")
 	_, err = gen.Refresh(ctx, c, lk, "tok", -time.Second)
 	isRedisErr("Refresh(negative ttl)", err, "invalid ttl")
-	_, err = gen.Release(ctx, c, lk, "")
+	_, err = release(ctx, c, lk, "")
 	isRedisErr("Release(empty token)", err, "invalid token")
 	if got := srv.Cli(t, "EXISTS", lk, fk); got != "0" {
 		t.Fatalf("EXISTS after bad calls = %s, want 0", got)
 	}
 	srv.Cli(t, "HSET", lk, "f", "v")
-	_, err = gen.Acquire(ctx, c, lk, fk, "tok", time.Second)
+	_, err = acquire(ctx, c, lk, fk, "tok", time.Second)
 	isRedisErr("Acquire(hash key)", err, "WRONGTYPE")
 	_, err = gen.Inspect(ctx, c, lk)
 	isRedisErr("Inspect(hash key)", err, "WRONGTYPE")
@@ -302,11 +319,11 @@ func BenchmarkAcquireRelease(b *testing.B) {
 	lk, fk := keys(b)
 	b.ReportAllocs()
 	for b.Loop() {
-		a, err := gen.Acquire(ctx, c, lk, fk, "tok", 10*time.Second)
+		a, err := acquire(ctx, c, lk, fk, "tok", 10*time.Second)
 		if err != nil || !a.Acquired {
 			b.Fatal(a, err)
 		}
-		if r, err := gen.Release(ctx, c, lk, "tok"); err != nil || !r.Released {
+		if r, err := release(ctx, c, lk, "tok"); err != nil || !r.Released {
 			b.Fatal(r, err)
 		}
 	}

@@ -4,13 +4,14 @@ package gen
 
 import (
 	"context"
-	"github.com/redis/rueidis"
 	"time"
+
+	"github.com/redis/rueidis"
 )
 
-// InspectSource is the Lua source of scripts/inspect.lua, as EVAL sends it: the file
-// without its final newline, which is also what `redis-cli SCRIPT LOAD
-// "$(cat scripts/inspect.lua)"` loads.
+// InspectSource is scripts/inspect.lua as EVAL sends it: the file without its
+// final newline, as `redis-cli SCRIPT LOAD "$(cat scripts/inspect.lua)"` loads
+// it.
 const InspectSource = `-- name: inspect
 -- keys: lock_key
 -- argv:
@@ -22,7 +23,7 @@ const InspectSource = `-- name: inspect
 -- Reads the lock KEYS[1] without writing (usable with EVAL_RO/EVALSHA_RO and
 -- so with client-side caching) and replies {token, pttl}: the holder's token
 -- and its remaining PTTL in milliseconds (-1 if the key has no expiry), or
--- {nil, 0} when nobody holds it. RESP3 connections see the nil as false.
+-- {nil, 0} when nobody holds it (nil: a RESP2 nil, a RESP3 null).
 if #KEYS ~= 1 then
   return redis.error_reply('ERR wrong number of keys: want 1 (lock key)')
 end
@@ -33,7 +34,7 @@ end
 return {holder, redis.call('PTTL', KEYS[1])}`
 
 // InspectSHA1 is the SHA1 of InspectSource, as SCRIPT LOAD replies it.
-const InspectSHA1 = "942b64d3b66d681923c89b8a7abc69ffb5901356"
+const InspectSHA1 = "cf9c19b911cd7df7932a9880744eb945036efceb"
 
 var inspectScript = rueidis.NewLuaScriptReadOnly(InspectSource)
 
@@ -47,13 +48,9 @@ type InspectResult struct {
 	TTL time.Duration
 }
 
-// Inspect runs scripts/inspect.lua with EVALSHA_RO, falling back to EVAL_RO when the server
-// does not have the script loaded (NOSCRIPT).
-//
-// Reads the lock KEYS[1] without writing (usable with EVAL_RO/EVALSHA_RO and
-// so with client-side caching) and replies {token, pttl}: the holder's token
-// and its remaining PTTL in milliseconds (-1 if the key has no expiry), or
-// {nil, 0} when nobody holds it. RESP3 connections see the nil as false.
+// Inspect runs scripts/inspect.lua with EVALSHA_RO, and with EVAL_RO when the
+// server lacks the script (NOSCRIPT). What the script does, replies and writes
+// is in its header and in scripts/README.md.
 //
 // On success it returns the decoded reply. On failure it returns the zero
 // InspectResult and the error: a Redis error reply (the script's own or the
@@ -62,51 +59,45 @@ type InspectResult struct {
 // differs from the script's header. Error replies of the script:
 //
 //   - ERR wrong number of keys: want 1 (lock key)
+//
 //   - WRONGTYPE when the lock key holds a value that is not a string
 func Inspect(ctx context.Context, c rueidis.Client, lockKey string) (InspectResult, error) {
 	keys := [1]string{lockKey}
-	return ParseInspect(inspectScript.Exec(ctx, c, keys[:], nil))
+	return parseInspect(inspectScript.Exec(ctx, c, keys[:], nil))
 }
 
-// InspectCmd builds the EVALSHA_RO of scripts/inspect.lua with c's command builder,
-// without sending it, for batching the script with other commands in one
-// c.DoMulti (with a blocking command such as WAIT, rueidis sends the whole
-// batch on one dedicated connection). Decode its reply with ParseInspect;
-// when that is a NOSCRIPT error (rueidis.IsRedisErr, IsNoScript), send
-// InspectEvalCmd instead. Arguments are encoded as by Inspect; nothing is
-// validated here. A Completed must be sent at most once.
-func InspectCmd(c rueidis.Client, lockKey string) rueidis.Completed {
-	return c.B().EvalshaRo().Sha1(InspectSHA1).Numkeys(1).Key(lockKey).Build()
+// Inspect adds a call of scripts/inspect.lua to the batch; its Pending holds
+// what Inspect would return.
+func (batch *Batch) Inspect(lockKey string) *Pending[InspectResult] {
+	pending := new(Pending[InspectResult])
+	batch.script(InspectSHA1, InspectSource, true, []string{lockKey}, nil, func(res rueidis.RedisResult) {
+		pending.v, pending.err = parseInspect(res)
+		pending.done = true
+	})
+	return pending
 }
 
-// InspectEvalCmd is InspectCmd with EVAL_RO and the full source, for the
-// retry after NOSCRIPT (it also loads the script into the server's cache).
-func InspectEvalCmd(c rueidis.Client, lockKey string) rueidis.Completed {
-	return c.B().EvalRo().Script(InspectSource).Numkeys(1).Key(lockKey).Build()
-}
-
-// InspectCache runs scripts/inspect.lua like Inspect, but through the client-side
-// cache: c.DoCache with EVALSHA_RO, so the server tracks the key for
-// this connection and invalidates the cached reply when the key changes
-// or expires; clientTTL alone bounds how long the reply may be served
-// from the cache (ToStaticTTL: no MULTI/PTTL wrapper, so the cached
-// reply's TTL field is as of the read). On NOSCRIPT it retries with EVAL_RO, also cached. Where the
-// client cache is disabled or unsupported, rueidis sends the command
-// uncached. Results and errors are as for Inspect.
+// InspectCache runs scripts/inspect.lua like Inspect, but through rueidis
+// client-side caching: c.DoCache with EVALSHA_RO (EVAL_RO after NOSCRIPT), so
+// the server tracks the key for this connection and invalidates the cached
+// reply when the key changes or expires. clientTTL alone bounds how long a
+// reply may be served from the cache (ToStaticTTL: no MULTI/PTTL wrapper, so a
+// cached reply's TTL field is as of the read). Where the client cache is
+// disabled or unsupported, rueidis sends the command uncached. Results and
+// errors are as for Inspect.
 func InspectCache(ctx context.Context, c rueidis.Client, lockKey string, clientTTL time.Duration) (InspectResult, error) {
 	res := c.DoCache(ctx, c.B().EvalshaRo().Sha1(InspectSHA1).Numkeys(1).Key(lockKey).Cache().ToStaticTTL(), clientTTL)
-	if err, ok := rueidis.IsRedisErr(res.Error()); ok && err.IsNoScript() {
+	if isNoScript(res.Error()) {
 		res = c.DoCache(ctx, c.B().EvalRo().Script(InspectSource).Numkeys(1).Key(lockKey).Cache().ToStaticTTL(), clientTTL)
 	}
-	return ParseInspect(res)
+	return parseInspect(res)
 }
 
-// ParseInspect decodes the reply of scripts/inspect.lua, as Inspect, InspectCmd or
-// InspectEvalCmd produced it. A Redis error reply (NOSCRIPT included) comes
-// back unchanged as the error; a nil reply or element becomes an error
-// describing the reply's shape, never rueidis.Nil. On failure the
-// InspectResult is the zero value.
-func ParseInspect(res rueidis.RedisResult) (r InspectResult, err error) {
+// parseInspect decodes a reply of scripts/inspect.lua. A Redis error reply
+// comes back unchanged; a nil reply or element becomes an error describing the
+// reply's shape, never rueidis.Nil. On failure the InspectResult is the zero
+// value.
+func parseInspect(res rueidis.RedisResult) (r InspectResult, err error) {
 	vals, err := res.ToArray()
 	if err != nil {
 		return r, replyErr("inspect", err)

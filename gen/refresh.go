@@ -4,14 +4,15 @@ package gen
 
 import (
 	"context"
-	"github.com/redis/rueidis"
 	"strconv"
 	"time"
+
+	"github.com/redis/rueidis"
 )
 
-// RefreshSource is the Lua source of scripts/refresh.lua, as EVAL sends it: the file
-// without its final newline, which is also what `redis-cli SCRIPT LOAD
-// "$(cat scripts/refresh.lua)"` loads.
+// RefreshSource is scripts/refresh.lua as EVAL sends it: the file without its
+// final newline, as `redis-cli SCRIPT LOAD "$(cat scripts/refresh.lua)"` loads
+// it.
 const RefreshSource = `-- name: refresh
 -- keys: lock_key
 -- argv: token string, ttl duration_ms
@@ -55,12 +56,9 @@ type RefreshResult struct {
 	Refreshed bool
 }
 
-// Refresh runs scripts/refresh.lua with EVALSHA, falling back to EVAL when the server
-// does not have the script loaded (NOSCRIPT).
-//
-// Extends the lock KEYS[1] if the token ARGV[1] holds it: sets its TTL to
-// ARGV[2] milliseconds (PEXPIRE) and replies 1. Otherwise (expired, released,
-// or held by another token) changes nothing and replies 0.
+// Refresh runs scripts/refresh.lua with EVALSHA, and with EVAL when the server
+// lacks the script (NOSCRIPT). What the script does, replies and writes is in
+// its header and in scripts/README.md.
 //
 // ttl is sent as whole milliseconds (truncated).
 //
@@ -71,38 +69,34 @@ type RefreshResult struct {
 // differs from the script's header. Error replies of the script:
 //
 //   - ERR wrong number of keys: want 1 (lock key)
+//
 //   - ERR invalid token: want a non-empty string
+//
 //   - ERR invalid ttl: want an integer number of milliseconds from 1 to 31536000000
+//
 //   - WRONGTYPE when the lock key holds a value that is not a string
 func Refresh(ctx context.Context, c rueidis.Client, lockKey string, token string, ttl time.Duration) (RefreshResult, error) {
 	keys := [1]string{lockKey}
 	args := [2]string{token, strconv.FormatInt(int64(ttl/time.Millisecond), 10)}
-	return ParseRefresh(refreshScript.Exec(ctx, c, keys[:], args[:]))
+	return parseRefresh(refreshScript.Exec(ctx, c, keys[:], args[:]))
 }
 
-// RefreshCmd builds the EVALSHA of scripts/refresh.lua with c's command builder,
-// without sending it, for batching the script with other commands in one
-// c.DoMulti (with a blocking command such as WAIT, rueidis sends the whole
-// batch on one dedicated connection). Decode its reply with ParseRefresh;
-// when that is a NOSCRIPT error (rueidis.IsRedisErr, IsNoScript), send
-// RefreshEvalCmd instead. Arguments are encoded as by Refresh; nothing is
-// validated here. A Completed must be sent at most once.
-func RefreshCmd(c rueidis.Client, lockKey string, token string, ttl time.Duration) rueidis.Completed {
-	return c.B().Evalsha().Sha1(RefreshSHA1).Numkeys(1).Key(lockKey).Arg(token, strconv.FormatInt(int64(ttl/time.Millisecond), 10)).Build()
+// Refresh adds a call of scripts/refresh.lua to the batch; its Pending holds
+// what Refresh would return.
+func (batch *Batch) Refresh(lockKey string, token string, ttl time.Duration) *Pending[RefreshResult] {
+	pending := new(Pending[RefreshResult])
+	batch.script(RefreshSHA1, RefreshSource, false, []string{lockKey}, []string{token, strconv.FormatInt(int64(ttl/time.Millisecond), 10)}, func(res rueidis.RedisResult) {
+		pending.v, pending.err = parseRefresh(res)
+		pending.done = true
+	})
+	return pending
 }
 
-// RefreshEvalCmd is RefreshCmd with EVAL and the full source, for the
-// retry after NOSCRIPT (it also loads the script into the server's cache).
-func RefreshEvalCmd(c rueidis.Client, lockKey string, token string, ttl time.Duration) rueidis.Completed {
-	return c.B().Eval().Script(RefreshSource).Numkeys(1).Key(lockKey).Arg(token, strconv.FormatInt(int64(ttl/time.Millisecond), 10)).Build()
-}
-
-// ParseRefresh decodes the reply of scripts/refresh.lua, as Refresh, RefreshCmd or
-// RefreshEvalCmd produced it. A Redis error reply (NOSCRIPT included) comes
-// back unchanged as the error; a nil reply or element becomes an error
-// describing the reply's shape, never rueidis.Nil. On failure the
-// RefreshResult is the zero value.
-func ParseRefresh(res rueidis.RedisResult) (r RefreshResult, err error) {
+// parseRefresh decodes a reply of scripts/refresh.lua. A Redis error reply
+// comes back unchanged; a nil reply or element becomes an error describing the
+// reply's shape, never rueidis.Nil. On failure the RefreshResult is the zero
+// value.
+func parseRefresh(res rueidis.RedisResult) (r RefreshResult, err error) {
 	msg, err := res.ToMessage()
 	if err != nil {
 		return r, replyErr("refresh", err)

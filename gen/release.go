@@ -4,13 +4,14 @@ package gen
 
 import (
 	"context"
-	"github.com/redis/rueidis"
 	"time"
+
+	"github.com/redis/rueidis"
 )
 
-// ReleaseSource is the Lua source of scripts/release.lua, as EVAL sends it: the file
-// without its final newline, which is also what `redis-cli SCRIPT LOAD
-// "$(cat scripts/release.lua)"` loads.
+// ReleaseSource is scripts/release.lua as EVAL sends it: the file without its
+// final newline, as `redis-cli SCRIPT LOAD "$(cat scripts/release.lua)"` loads
+// it.
 const ReleaseSource = `-- name: release
 -- keys: lock_key, fence_key, line_key, line_deadlines_key, line_args_key
 -- argv: token string, channel string
@@ -45,39 +46,51 @@ end
 
 local holder = redis.call('GET', KEYS[1])
 local released = 0
-if holder == token then
-  released = 1
-elseif holder then
+if holder == token then released = 1 end
+-- The line's keys are created, kept alive and emptied together.
+if redis.call('EXISTS', L) == 0 then
+  if released == 1 then
+    redis.call('DEL', KEYS[1])
+  end
+  return {released, false, 0, 0}
+end
+-- Read every key this call may write before writing any, so that a key of
+-- the wrong type fails the call with nothing written (scripts are not
+-- rolled back).
+redis.call('ZSCORE', L, token)
+redis.call('ZSCORE', LD, token)
+redis.call('HGET', LA, token)
+if holder and released == 0 then
   leave(token)
   return {0, false, 0, 0}
-else
-  leave(token)
 end
+local f = redis.call('GET', KEYS[2])
+if f and f ~= '0' and not string.match(f, '^%-?[1-9]%d*$') then
+  return redis.error_reply('ERR fence key holds a value that is not an integer')
+end
+leave(token)
 -- The lock is free, or ours to give: does anyone wait?
-if redis.call('EXISTS', L) == 1 then
-  local tm = redis.call('TIME')
-  local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
-  local dead = redis.call('ZRANGEBYSCORE', LD, '-inf', now, 'LIMIT', 0, 64)
-  for i = 1, #dead do leave(dead[i]) end
-  for _ = 1, 64 do
-    local h = redis.call('ZRANGE', L, 0, 0)[1]
-    if not h then break end
-    local d = tonumber(redis.call('ZSCORE', LD, h))
-    local a = redis.call('HGET', LA, h)
-    if d and d > now and a then
-      local sp = string.find(a, ' ', 1, true)
-      local httl, hch = string.sub(a, 1, sp - 1), string.sub(a, sp + 1)
-      local fence = redis.pcall('INCR', KEYS[2])
-      if type(fence) == 'table' then return fence end
-      redis.call('SET', KEYS[1], h, 'PX', httl)
-      leave(h)
-      if hch ~= '' and hch ~= channel then
-        redis.call('PUBLISH', hch, string.format('%d', fence) .. ' ' .. httl .. ' ' .. h)
-      end
-      return {released, h, fence, tonumber(httl)}
-    end
+local tm = redis.call('TIME')
+local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
+local dead = redis.call('ZRANGEBYSCORE', LD, '-inf', now, 'LIMIT', 0, 64)
+for i = 1, #dead do leave(dead[i]) end
+for _ = 1, 64 do
+  local h = redis.call('ZRANGE', L, 0, 0)[1]
+  if not h then break end
+  local d = tonumber(redis.call('ZSCORE', LD, h))
+  local a = redis.call('HGET', LA, h)
+  if d and d > now and a then
+    local sp = string.find(a, ' ', 1, true)
+    local httl, hch = string.sub(a, 1, sp - 1), string.sub(a, sp + 1)
+    local fence = redis.call('INCR', KEYS[2])
+    redis.call('SET', KEYS[1], h, 'PX', httl)
     leave(h)
+    if hch ~= '' and hch ~= channel then
+      redis.call('PUBLISH', hch, string.format('%d', fence) .. ' ' .. httl .. ' ' .. h)
+    end
+    return {released, h, fence, tonumber(httl)}
   end
+  leave(h)
 end
 if released == 1 then
   redis.call('DEL', KEYS[1])
@@ -85,9 +98,18 @@ end
 return {released, false, 0, 0}`
 
 // ReleaseSHA1 is the SHA1 of ReleaseSource, as SCRIPT LOAD replies it.
-const ReleaseSHA1 = "207780b1e4430c5fa4e34e87f3486ee3c90a15a3"
+const ReleaseSHA1 = "1b491ce91a666c1c61d895bf8403cded114d8221"
 
 var releaseScript = rueidis.NewLuaScript(ReleaseSource)
+
+// ReleaseKeys are the KEYS of scripts/release.lua, in its order.
+type ReleaseKeys struct {
+	LockKey          string
+	FenceKey         string
+	LineKey          string
+	LineDeadlinesKey string
+	LineArgsKey      string
+}
 
 // ReleaseResult is the reply of scripts/release.lua.
 type ReleaseResult struct {
@@ -103,17 +125,9 @@ type ReleaseResult struct {
 	TTL time.Duration
 }
 
-// Release runs scripts/release.lua with EVALSHA, falling back to EVAL when the server
-// does not have the script loaded (NOSCRIPT).
-//
-// Protocol 2 (scripts/README.md, "The line"). Releases the lock KEYS[1] if
-// the token ARGV[1] holds it (compare-and-delete), else takes the token out of
-// the key's line (a waiter that gave up). Whenever the lock is then free and
-// the line has a live head, the key goes to the head: the lock is set to the
-// head's token with the head's ttl, the fence counter KEYS[2] grows, and
-// "fence ttl token" is published on the head's channel unless that is ARGV[2]
-// (the caller's own). Replies {released, next token or nil, next fence, next
-// ttl}: released is 1 when this token held the lock.
+// Release runs scripts/release.lua with EVALSHA, and with EVAL when the server
+// lacks the script (NOSCRIPT). What the script does, replies and writes is in
+// its header and in scripts/README.md.
 //
 // On success it returns the decoded reply. On failure it returns the zero
 // ReleaseResult and the error: a Redis error reply (the script's own or the
@@ -122,37 +136,32 @@ type ReleaseResult struct {
 // differs from the script's header. Error replies of the script:
 //
 //   - ERR wrong number of keys: want 5 (lock, fence, line, line deadlines, line args)
+//
 //   - ERR invalid token: want a non-empty string
+//
 //   - WRONGTYPE when a key holds a value of another type than the protocol's
-func Release(ctx context.Context, c rueidis.Client, lockKey string, fenceKey string, lineKey string, lineDeadlinesKey string, lineArgsKey string, token string, channel string) (ReleaseResult, error) {
-	keys := [5]string{lockKey, fenceKey, lineKey, lineDeadlinesKey, lineArgsKey}
+func Release(ctx context.Context, c rueidis.Client, keyList ReleaseKeys, token string, channel string) (ReleaseResult, error) {
+	keys := [5]string{keyList.LockKey, keyList.FenceKey, keyList.LineKey, keyList.LineDeadlinesKey, keyList.LineArgsKey}
 	args := [2]string{token, channel}
-	return ParseRelease(releaseScript.Exec(ctx, c, keys[:], args[:]))
+	return parseRelease(releaseScript.Exec(ctx, c, keys[:], args[:]))
 }
 
-// ReleaseCmd builds the EVALSHA of scripts/release.lua with c's command builder,
-// without sending it, for batching the script with other commands in one
-// c.DoMulti (with a blocking command such as WAIT, rueidis sends the whole
-// batch on one dedicated connection). Decode its reply with ParseRelease;
-// when that is a NOSCRIPT error (rueidis.IsRedisErr, IsNoScript), send
-// ReleaseEvalCmd instead. Arguments are encoded as by Release; nothing is
-// validated here. A Completed must be sent at most once.
-func ReleaseCmd(c rueidis.Client, lockKey string, fenceKey string, lineKey string, lineDeadlinesKey string, lineArgsKey string, token string, channel string) rueidis.Completed {
-	return c.B().Evalsha().Sha1(ReleaseSHA1).Numkeys(5).Key(lockKey, fenceKey, lineKey, lineDeadlinesKey, lineArgsKey).Arg(token, channel).Build()
+// Release adds a call of scripts/release.lua to the batch; its Pending holds
+// what Release would return.
+func (batch *Batch) Release(keyList ReleaseKeys, token string, channel string) *Pending[ReleaseResult] {
+	pending := new(Pending[ReleaseResult])
+	batch.script(ReleaseSHA1, ReleaseSource, false, []string{keyList.LockKey, keyList.FenceKey, keyList.LineKey, keyList.LineDeadlinesKey, keyList.LineArgsKey}, []string{token, channel}, func(res rueidis.RedisResult) {
+		pending.v, pending.err = parseRelease(res)
+		pending.done = true
+	})
+	return pending
 }
 
-// ReleaseEvalCmd is ReleaseCmd with EVAL and the full source, for the
-// retry after NOSCRIPT (it also loads the script into the server's cache).
-func ReleaseEvalCmd(c rueidis.Client, lockKey string, fenceKey string, lineKey string, lineDeadlinesKey string, lineArgsKey string, token string, channel string) rueidis.Completed {
-	return c.B().Eval().Script(ReleaseSource).Numkeys(5).Key(lockKey, fenceKey, lineKey, lineDeadlinesKey, lineArgsKey).Arg(token, channel).Build()
-}
-
-// ParseRelease decodes the reply of scripts/release.lua, as Release, ReleaseCmd or
-// ReleaseEvalCmd produced it. A Redis error reply (NOSCRIPT included) comes
-// back unchanged as the error; a nil reply or element becomes an error
-// describing the reply's shape, never rueidis.Nil. On failure the
-// ReleaseResult is the zero value.
-func ParseRelease(res rueidis.RedisResult) (r ReleaseResult, err error) {
+// parseRelease decodes a reply of scripts/release.lua. A Redis error reply
+// comes back unchanged; a nil reply or element becomes an error describing the
+// reply's shape, never rueidis.Nil. On failure the ReleaseResult is the zero
+// value.
+func parseRelease(res rueidis.RedisResult) (r ReleaseResult, err error) {
 	vals, err := res.ToArray()
 	if err != nil {
 		return r, replyErr("release", err)

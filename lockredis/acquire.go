@@ -241,8 +241,10 @@ func (m *Manager) attempt(ctx context.Context, l *Lease, ttl, lineTTL time.Durat
 		return m.acquireReplicated(ctx, l, ttl, lineTTL)
 	}
 	k := &l.k
-	res, err := gen.Acquire(ctx, m.client, k.lock, k.fence, k.line, k.lineDeadlines, k.lineArgs,
-		string(l.token), ttl, lineTTL, m.channel)
+	res, err := gen.Acquire(ctx, m.client,
+		gen.AcquireKeys{LockKey: k.lock, FenceKey: k.fence, LineKey: k.line,
+			LineDeadlinesKey: k.lineDeadlines, LineArgsKey: k.lineArgs},
+		gen.AcquireArgs{Token: string(l.token), TTL: ttl, LineTTL: lineTTL, Channel: m.channel})
 	if err != nil && m.closed.Load() {
 		return res, lock.ErrClosed
 	}
@@ -303,7 +305,9 @@ func (m *Manager) undo(l *Lease) {
 // delivers the hand-off; sent is when the call started.
 func (m *Manager) release(ctx context.Context, l *Lease, sent time.Time) (gen.ReleaseResult, error) {
 	k := &l.k
-	res, err := gen.Release(ctx, m.client, k.lock, k.fence, k.line, k.lineDeadlines, k.lineArgs,
+	res, err := gen.Release(ctx, m.client,
+		gen.ReleaseKeys{LockKey: k.lock, FenceKey: k.fence, LineKey: k.line,
+			LineDeadlinesKey: k.lineDeadlines, LineArgsKey: k.lineArgs},
 		string(l.token), m.channel)
 	if err == nil && res.Handed {
 		m.deliver(lock.Token(res.Next), grant{fence: res.Fence, ttl: res.TTL, sent: sent})

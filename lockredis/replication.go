@@ -29,7 +29,8 @@ func (m *Manager) waitCmd() rueidis.Completed {
 // notReplicated checks WAIT's reply: nil when at least waitN replicas
 // acknowledged, else an error wrapping ErrNotReplicated, or WAIT's own
 // error (context ended, connection lost, NOPERM, WAIT on a replica).
-func (m *Manager) notReplicated(res rueidis.RedisResult) error {
+func (m *Manager) notReplicated(wait *gen.Pending[rueidis.RedisResult]) error {
+	res, _ := wait.Result()
 	n, err := res.AsInt64()
 	if err != nil {
 		return fmt.Errorf("wait for %d replicas: %w", m.waitN, err)
@@ -41,25 +42,23 @@ func (m *Manager) notReplicated(res rueidis.RedisResult) error {
 }
 
 // acquireReplicated is attempt's acquire script followed by WAIT in one
-// batch on one connection (EVAL instead of EVALSHA after NOSCRIPT). When the
-// script took the lock but WAIT reports fewer than waitN acknowledgements,
-// or failed, it releases the lock (bounded by CleanupTimeout) and returns
+// batch on one connection (gen.Batch handles NOSCRIPT). When the script
+// took the lock but WAIT reports fewer than waitN acknowledgements, or
+// failed, it releases the lock (bounded by CleanupTimeout) before returning
 // the error. A batch that did not take the lock
 // returns its result and ignores WAIT's reply.
 func (m *Manager) acquireReplicated(ctx context.Context, l *Lease, ttl, lineTTL time.Duration) (gen.AcquireResult, error) {
-	c, k, tok := m.client, &l.k, string(l.token)
-	res := c.DoMulti(ctx, gen.AcquireCmd(c, k.lock, k.fence, k.line, k.lineDeadlines, k.lineArgs,
-		tok, ttl, lineTTL, m.channel), m.waitCmd())
-	r, err := gen.ParseAcquire(res[0])
-	if re, ok := rueidis.IsRedisErr(err); ok && re.IsNoScript() {
-		res = c.DoMulti(ctx, gen.AcquireEvalCmd(c, k.lock, k.fence, k.line, k.lineDeadlines,
-			k.lineArgs, tok, ttl, lineTTL, m.channel), m.waitCmd())
-		r, err = gen.ParseAcquire(res[0])
-	}
+	k, b := &l.k, gen.NewBatch(m.client)
+	acq := b.Acquire(gen.AcquireKeys{LockKey: k.lock, FenceKey: k.fence, LineKey: k.line,
+		LineDeadlinesKey: k.lineDeadlines, LineArgsKey: k.lineArgs},
+		gen.AcquireArgs{Token: string(l.token), TTL: ttl, LineTTL: lineTTL, Channel: m.channel})
+	wait := b.Add(m.waitCmd())
+	b.Do(ctx)
+	r, err := acq.Result()
 	if err != nil || !r.Acquired {
 		return r, err
 	}
-	if err := m.notReplicated(res[1]); err != nil {
+	if err := m.notReplicated(wait); err != nil {
 		m.undo(l) // before returning: the caller is told it holds nothing
 		return gen.AcquireResult{}, err
 	}
@@ -71,16 +70,13 @@ func (m *Manager) acquireReplicated(ctx context.Context, l *Lease, ttl, lineTTL 
 // returns its result (Refreshed true) together with the WAIT error; the
 // lease is left extended.
 func (m *Manager) refreshReplicated(ctx context.Context, l *Lease, ttl time.Duration) (gen.RefreshResult, error) {
-	c := m.client
-	tok := string(l.token)
-	res := c.DoMulti(ctx, gen.RefreshCmd(c, l.k.lock, tok, ttl), m.waitCmd())
-	r, err := gen.ParseRefresh(res[0])
-	if re, ok := rueidis.IsRedisErr(err); ok && re.IsNoScript() {
-		res = c.DoMulti(ctx, gen.RefreshEvalCmd(c, l.k.lock, tok, ttl), m.waitCmd())
-		r, err = gen.ParseRefresh(res[0])
-	}
+	b := gen.NewBatch(m.client)
+	ref := b.Refresh(l.k.lock, string(l.token), ttl)
+	wait := b.Add(m.waitCmd())
+	b.Do(ctx)
+	r, err := ref.Result()
 	if err != nil || !r.Refreshed {
 		return r, err
 	}
-	return r, m.notReplicated(res[1])
+	return r, m.notReplicated(wait)
 }

@@ -49,6 +49,25 @@ local function leave(t)
   redis.call('HDEL', LA, t)
 end
 
+-- lineRead reads each line key once, so that a key of the wrong type fails
+-- the call before it writes anything (scripts are not rolled back); it
+-- replies this token's deadline in the line, or nil.
+local function lineRead()
+  redis.call('ZSCORE', L, token)
+  redis.call('HGET', LA, token)
+  return tonumber(redis.call('ZSCORE', LD, token))
+end
+
+-- fenceRead checks, before anything is written, that INCR of the fence
+-- counter will succeed: the fence key is absent or holds an integer.
+local function fenceRead()
+  local f = redis.call('GET', KEYS[2])
+  if f and f ~= '0' and not string.match(f, '^%-?[1-9]%d*$') then
+    return redis.error_reply('ERR fence key holds a value that is not an integer')
+  end
+  return f
+end
+
 -- now in ms on the server's clock (scripts replicate by effects).
 local function now()
   local t = redis.call('TIME')
@@ -77,19 +96,17 @@ end
 -- grant sets the free lock to the line head's token, allocates its fence
 -- and tells its waiter on its channel: "fence ttl token".
 local function grant(h, httl, hch)
-  local fence = redis.pcall('INCR', KEYS[2])
-  if type(fence) == 'table' then return fence end
+  local fence = redis.call('INCR', KEYS[2])
   redis.call('SET', KEYS[1], h, 'PX', httl)
   leave(h)
   if hch ~= '' then
     redis.call('PUBLISH', hch, string.format('%d', fence) .. ' ' .. httl .. ' ' .. h)
   end
-  return fence
 end
 
 local holder = redis.call('GET', KEYS[1])
 if holder == token then
-  -- Read the fence before PEXPIRE, so a bad fence key changes nothing.
+  -- Read the fence and the line before PEXPIRE, so a bad key changes nothing.
   local fence = redis.call('GET', KEYS[2])
   if fence then
     fence = tonumber(fence)
@@ -99,31 +116,35 @@ if holder == token then
   else
     fence = 0
   end
+  local queued = redis.call('EXISTS', L) == 1 and lineRead()
   redis.call('PEXPIRE', KEYS[1], ttl)
-  leave(token)
+  if queued then leave(token) end
   return {1, fence, ms, 0}
 end
+if not holder and redis.call('EXISTS', L) == 0 then
+  -- Fast path: nobody waits, so no clock and no line to read.
+  local fence = redis.pcall('INCR', KEYS[2])
+  if type(fence) == 'table' then return fence end
+  redis.call('SET', KEYS[1], token, 'PX', ttl)
+  return {1, fence, ms, 0}
+end
+-- A TryAcquire of a held key (line ttl 0) writes nothing and reads no line.
+local deadline = nil
+if not holder or lms ~= 0 then deadline = lineRead() end
 local t = nil
 if not holder then
-  -- Fast path: nobody waits, so no clock and no line to read.
-  if redis.call('EXISTS', L) == 0 then
-    local fence = redis.pcall('INCR', KEYS[2])
-    if type(fence) == 'table' then return fence end
-    redis.call('SET', KEYS[1], token, 'PX', ttl)
-    return {1, fence, ms, 0}
-  end
+  local bad = fenceRead()
+  if type(bad) == 'table' then return bad end
   t = now()
   local h, httl, hch = head(t)
   if not h or h == token then
-    local fence = redis.pcall('INCR', KEYS[2])
-    if type(fence) == 'table' then return fence end
+    local fence = redis.call('INCR', KEYS[2])
     redis.call('SET', KEYS[1], token, 'PX', ttl)
     leave(token)
     return {1, fence, ms, 0}
   end
   -- The key is free but others were here first: it is the head's.
-  local fence = grant(h, httl, hch)
-  if type(fence) == 'table' then return fence end
+  grant(h, httl, hch)
 end
 local pttl = redis.call('PTTL', KEYS[1])
 if lms == 0 then
@@ -131,8 +152,13 @@ if lms == 0 then
 end
 if not t then
   t = now()
+  -- Drop lapsed entries, so the line shows who is still waiting.
   local dead = redis.call('ZRANGEBYSCORE', LD, '-inf', t, 'LIMIT', 0, 64)
   for i = 1, #dead do leave(dead[i]) end
+end
+-- An entry not kept alive lost its place, even if no call dropped it yet.
+if deadline and deadline <= t then
+  leave(token)
 end
 if not redis.call('ZSCORE', L, token) then
   local last = redis.call('ZRANGE', L, -1, -1, 'WITHSCORES')

@@ -9,7 +9,7 @@
 -- Reads the lock KEYS[1] without writing (usable with EVAL_RO/EVALSHA_RO and
 -- so with client-side caching) and replies {token, pttl}: the holder's token
 -- and its remaining PTTL in milliseconds (-1 if the key has no expiry), or
--- {nil, 0} when nobody holds it. RESP3 connections see the nil as false.
+-- {nil, 0} when nobody holds it (nil: a RESP2 nil, a RESP3 null).
 if #KEYS ~= 1 then
   return redis.error_reply('ERR wrong number of keys: want 1 (lock key)')
 end

@@ -32,39 +32,51 @@ end
 
 local holder = redis.call('GET', KEYS[1])
 local released = 0
-if holder == token then
-  released = 1
-elseif holder then
+if holder == token then released = 1 end
+-- The line's keys are created, kept alive and emptied together.
+if redis.call('EXISTS', L) == 0 then
+  if released == 1 then
+    redis.call('DEL', KEYS[1])
+  end
+  return {released, false, 0, 0}
+end
+-- Read every key this call may write before writing any, so that a key of
+-- the wrong type fails the call with nothing written (scripts are not
+-- rolled back).
+redis.call('ZSCORE', L, token)
+redis.call('ZSCORE', LD, token)
+redis.call('HGET', LA, token)
+if holder and released == 0 then
   leave(token)
   return {0, false, 0, 0}
-else
-  leave(token)
 end
+local f = redis.call('GET', KEYS[2])
+if f and f ~= '0' and not string.match(f, '^%-?[1-9]%d*$') then
+  return redis.error_reply('ERR fence key holds a value that is not an integer')
+end
+leave(token)
 -- The lock is free, or ours to give: does anyone wait?
-if redis.call('EXISTS', L) == 1 then
-  local tm = redis.call('TIME')
-  local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
-  local dead = redis.call('ZRANGEBYSCORE', LD, '-inf', now, 'LIMIT', 0, 64)
-  for i = 1, #dead do leave(dead[i]) end
-  for _ = 1, 64 do
-    local h = redis.call('ZRANGE', L, 0, 0)[1]
-    if not h then break end
-    local d = tonumber(redis.call('ZSCORE', LD, h))
-    local a = redis.call('HGET', LA, h)
-    if d and d > now and a then
-      local sp = string.find(a, ' ', 1, true)
-      local httl, hch = string.sub(a, 1, sp - 1), string.sub(a, sp + 1)
-      local fence = redis.pcall('INCR', KEYS[2])
-      if type(fence) == 'table' then return fence end
-      redis.call('SET', KEYS[1], h, 'PX', httl)
-      leave(h)
-      if hch ~= '' and hch ~= channel then
-        redis.call('PUBLISH', hch, string.format('%d', fence) .. ' ' .. httl .. ' ' .. h)
-      end
-      return {released, h, fence, tonumber(httl)}
-    end
+local tm = redis.call('TIME')
+local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
+local dead = redis.call('ZRANGEBYSCORE', LD, '-inf', now, 'LIMIT', 0, 64)
+for i = 1, #dead do leave(dead[i]) end
+for _ = 1, 64 do
+  local h = redis.call('ZRANGE', L, 0, 0)[1]
+  if not h then break end
+  local d = tonumber(redis.call('ZSCORE', LD, h))
+  local a = redis.call('HGET', LA, h)
+  if d and d > now and a then
+    local sp = string.find(a, ' ', 1, true)
+    local httl, hch = string.sub(a, 1, sp - 1), string.sub(a, sp + 1)
+    local fence = redis.call('INCR', KEYS[2])
+    redis.call('SET', KEYS[1], h, 'PX', httl)
     leave(h)
+    if hch ~= '' and hch ~= channel then
+      redis.call('PUBLISH', hch, string.format('%d', fence) .. ' ' .. httl .. ' ' .. h)
+    end
+    return {released, h, fence, tonumber(httl)}
   end
+  leave(h)
 end
 if released == 1 then
   redis.call('DEL', KEYS[1])

@@ -40,6 +40,14 @@ const (
 	functionPrefix = libraryName + "_"
 	// functionsFile is the library's path relative to the scripts dir.
 	functionsFile = "functions/" + libraryName + ".lua"
+	// protocolFunction is the read-only function that replies protocol.
+	protocolFunction = functionPrefix + "protocol"
+	// protocol is the version of the scripts' contract (KEYS, ARGV and
+	// replies; scripts/README.md, "Versions"): 1 had a two-key acquire
+	// replying 3 elements, 2 has the five-key acquire and release of the
+	// waiting line. Change it with any change of the scripts' KEYS, ARGV or
+	// reply shapes.
+	protocol = 2
 )
 
 // Flags. A function has no flags unless one of these applies:
@@ -132,6 +140,7 @@ func renderFunctions(scripts []*script, scriptsDir string) []byte {
 	for _, s := range scripts {
 		p("--   %s", usage(s))
 	}
+	p("--   FCALL_RO %s 0", protocolFunction)
 	for _, s := range scripts {
 		p("")
 		p("-- %s: %s", functionName(s), s.Path)
@@ -145,6 +154,13 @@ func renderFunctions(scripts []*script, scriptsDir string) []byte {
 		}
 		p("}")
 	}
+	p("")
+	p("-- %s: the protocol of the scripts above (%s/README.md, \"Versions\").", protocolFunction, scriptsDir)
+	p("redis.register_function{")
+	p("  function_name = '%s',", protocolFunction)
+	p("  callback = function() return %d end,", protocol)
+	p("  flags = {'no-writes'},")
+	p("}")
 	return b.Bytes()
 }
 

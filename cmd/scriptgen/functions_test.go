@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -228,17 +227,27 @@ func TestFunctions_behaveAsScripts(t *testing.T) {
 	const (
 		badToken = "invalid token: want a non-empty string"
 		badTTL   = "invalid ttl: want an integer number of milliseconds from 1 to 31536000000"
-		keys2    = "wrong number of keys: want 2 (lock key, fence key)"
+		badLine  = "invalid line ttl: want an integer number of milliseconds from 0 to 31536000000"
+		keys5    = "wrong number of keys: want 5 (lock, fence, line, line deadlines, line args)"
 		keys1    = "wrong number of keys: want 1 (lock key)"
 		wrongTyp = "WRONGTYPE Operation against a key holding the wrong kind of value"
+		notInt   = "fence key holds a value that is not an integer"
 	)
 	held := [][]string{{"SET", "$lock", "tok", "PX", "5000"}, {"SET", "$fence", "7"}}
 	heldOther := [][]string{{"SET", "$lock", "other", "PX", "5000"}, {"SET", "$fence", "7"}}
 	noExpiry := [][]string{{"SET", "$lock", "other"}}
 	lockList := [][]string{{"RPUSH", "$lock", "x"}}
 	fenceList := [][]string{{"RPUSH", "$fence", "x"}}
-	lf := []string{"$lock", "$fence"}
+	// line: w waits (arrived first, deadline far ahead, ttl 4000, channel chW).
+	line := [][]string{
+		{"ZADD", "$line", "1", "w"}, {"ZADD", "$deadlines", "99999999999999", "w"},
+		{"HSET", "$args", "w", "4000 chW"},
+	}
+	heldLine := append(held[:len(held):len(held)], line...)
+	freeLine := append([][]string{{"SET", "$fence", "7"}}, line...)
+	lf := []string{"$lock", "$fence", "$line", "$deadlines", "$args"}
 	l := []string{"$lock"}
+	a := func(tok, ttl string) []string { return []string{tok, ttl, "0", ""} }
 	cases := []struct {
 		name   string
 		script string
@@ -248,24 +257,30 @@ func TestFunctions_behaveAsScripts(t *testing.T) {
 		ttlAt  int // index of a PTTL in an array reply, rounded by secs; -1 for none
 		want   outcome
 	}{
-		{"acquire/free", "acquire", nil, lf, []string{"tok", "5000"}, -1, outcome{Value: []any{int64(1), int64(1), int64(5000)}}},
-		{"acquire/after earlier fences", "acquire", [][]string{{"SET", "$fence", "41"}}, lf, []string{"tok", "5000"}, -1, outcome{Value: []any{int64(1), int64(42), int64(5000)}}},
-		{"acquire/held by same token", "acquire", held, lf, []string{"tok", "9000"}, -1, outcome{Value: []any{int64(1), int64(7), int64(9000)}}},
-		{"acquire/held by same token, fence deleted", "acquire", held[:1], lf, []string{"tok", "9000"}, -1, outcome{Value: []any{int64(1), int64(0), int64(9000)}}},
-		{"acquire/held by other", "acquire", heldOther, lf, []string{"tok", "9000"}, 2, outcome{Value: []any{int64(0), int64(0), "~5s"}}},
-		{"acquire/held by other without expiry", "acquire", noExpiry, lf, []string{"tok", "9000"}, 2, outcome{Value: []any{int64(0), int64(0), int64(-1)}}},
-		{"acquire/empty token", "acquire", nil, lf, []string{"", "5000"}, -1, outcome{Err: badToken}},
+		{"acquire/free", "acquire", nil, lf, a("tok", "5000"), -1, outcome{Value: []any{int64(1), int64(1), int64(5000), int64(0)}}},
+		{"acquire/after earlier fences", "acquire", [][]string{{"SET", "$fence", "41"}}, lf, a("tok", "5000"), -1, outcome{Value: []any{int64(1), int64(42), int64(5000), int64(0)}}},
+		{"acquire/held by same token", "acquire", held, lf, a("tok", "9000"), -1, outcome{Value: []any{int64(1), int64(7), int64(9000), int64(0)}}},
+		{"acquire/held by same token, fence deleted", "acquire", held[:1], lf, a("tok", "9000"), -1, outcome{Value: []any{int64(1), int64(0), int64(9000), int64(0)}}},
+		{"acquire/held by other", "acquire", heldOther, lf, a("tok", "9000"), 2, outcome{Value: []any{int64(0), int64(0), "~5s", int64(0)}}},
+		{"acquire/held by other, joins the line", "acquire", heldOther, lf, []string{"tok", "9000", "3000", "ch"}, 2, outcome{Value: []any{int64(0), int64(0), "~5s", int64(1)}}},
+		{"acquire/held, joins behind w", "acquire", heldLine, lf, []string{"x", "9000", "3000", "ch"}, 2, outcome{Value: []any{int64(0), int64(0), "~5s", int64(2)}}},
+		{"acquire/free with w in line: handed to w", "acquire", freeLine, lf, []string{"x", "9000", "3000", "ch"}, 2, outcome{Value: []any{int64(0), int64(0), "~4s", int64(1)}}},
+		{"acquire/free, w in line, w acquires", "acquire", freeLine, lf, []string{"w", "9000", "3000", ""}, -1, outcome{Value: []any{int64(1), int64(8), int64(9000), int64(0)}}},
+		{"acquire/held by other without expiry", "acquire", noExpiry, lf, a("tok", "9000"), 2, outcome{Value: []any{int64(0), int64(0), int64(-1), int64(0)}}},
+		{"acquire/empty token", "acquire", nil, lf, a("", "5000"), -1, outcome{Err: badToken}},
 		{"acquire/missing args", "acquire", nil, lf, nil, -1, outcome{Err: badToken}},
-		{"acquire/ttl 0", "acquire", nil, lf, []string{"tok", "0"}, -1, outcome{Err: badTTL}},
-		{"acquire/ttl negative", "acquire", nil, lf, []string{"tok", "-5"}, -1, outcome{Err: badTTL}},
-		{"acquire/ttl fraction", "acquire", nil, lf, []string{"tok", "1.5"}, -1, outcome{Err: badTTL}},
-		{"acquire/ttl over a year", "acquire", nil, lf, []string{"tok", "31536000001"}, -1, outcome{Err: badTTL}},
-		{"acquire/ttl huge", "acquire", nil, lf, []string{"tok", "99999999999999999999"}, -1, outcome{Err: badTTL}},
+		{"acquire/ttl 0", "acquire", nil, lf, a("tok", "0"), -1, outcome{Err: badTTL}},
+		{"acquire/ttl negative", "acquire", nil, lf, a("tok", "-5"), -1, outcome{Err: badTTL}},
+		{"acquire/ttl fraction", "acquire", nil, lf, a("tok", "1.5"), -1, outcome{Err: badTTL}},
+		{"acquire/ttl over a year", "acquire", nil, lf, a("tok", "31536000001"), -1, outcome{Err: badTTL}},
+		{"acquire/ttl huge", "acquire", nil, lf, a("tok", "99999999999999999999"), -1, outcome{Err: badTTL}},
 		{"acquire/ttl missing", "acquire", nil, lf, []string{"tok"}, -1, outcome{Err: badTTL}},
-		{"acquire/one key", "acquire", nil, l, []string{"tok", "5000"}, -1, outcome{Err: keys2}},
-		{"acquire/lock key wrong type", "acquire", lockList, lf, []string{"tok", "5000"}, -1, outcome{Err: wrongTyp}},
-		{"acquire/fence key wrong type", "acquire", fenceList, lf, []string{"tok", "5000"}, -1, outcome{Err: wrongTyp}},
-		{"acquire/fence key not an integer", "acquire", [][]string{{"SET", "$lock", "tok", "PX", "5000"}, {"SET", "$fence", "x"}}, lf, []string{"tok", "5000"}, -1, outcome{Err: "fence key holds a value that is not an integer"}},
+		{"acquire/line ttl missing", "acquire", nil, lf, []string{"tok", "5000"}, -1, outcome{Err: badLine}},
+		{"acquire/line ttl negative", "acquire", heldOther, lf, []string{"tok", "5000", "-1", ""}, -1, outcome{Err: badLine}},
+		{"acquire/two keys", "acquire", nil, lf[:2], a("tok", "5000"), -1, outcome{Err: keys5}},
+		{"acquire/lock key wrong type", "acquire", lockList, lf, a("tok", "5000"), -1, outcome{Err: wrongTyp}},
+		{"acquire/fence key wrong type", "acquire", fenceList, lf, a("tok", "5000"), -1, outcome{Err: wrongTyp}},
+		{"acquire/fence key not an integer", "acquire", [][]string{{"SET", "$lock", "tok", "PX", "5000"}, {"SET", "$fence", "x"}}, lf, a("tok", "5000"), -1, outcome{Err: notInt}},
 
 		{"refresh/held", "refresh", held, l, []string{"tok", "9000"}, -1, outcome{Value: int64(1)}},
 		{"refresh/held by other", "refresh", heldOther, l, []string{"tok", "9000"}, -1, outcome{Value: int64(0)}},
@@ -273,20 +288,24 @@ func TestFunctions_behaveAsScripts(t *testing.T) {
 		{"refresh/empty token", "refresh", held, l, []string{"", "9000"}, -1, outcome{Err: badToken}},
 		{"refresh/ttl 0", "refresh", held, l, []string{"tok", "0"}, -1, outcome{Err: badTTL}},
 		{"refresh/ttl text", "refresh", held, l, []string{"tok", "soon"}, -1, outcome{Err: badTTL}},
-		{"refresh/two keys", "refresh", held, lf, []string{"tok", "9000"}, -1, outcome{Err: keys1}},
+		{"refresh/two keys", "refresh", held, lf[:2], []string{"tok", "9000"}, -1, outcome{Err: keys1}},
 		{"refresh/wrong type", "refresh", lockList, l, []string{"tok", "9000"}, -1, outcome{Err: wrongTyp}},
 
-		{"release/held", "release", held, l, []string{"tok"}, -1, outcome{Value: int64(1)}},
-		{"release/held by other", "release", heldOther, l, []string{"tok"}, -1, outcome{Value: int64(0)}},
-		{"release/free", "release", nil, l, []string{"tok"}, -1, outcome{Value: int64(0)}},
-		{"release/empty token", "release", held, l, []string{""}, -1, outcome{Err: badToken}},
-		{"release/no keys", "release", held, nil, []string{"tok"}, -1, outcome{Err: keys1}},
-		{"release/wrong type", "release", lockList, l, []string{"tok"}, -1, outcome{Err: wrongTyp}},
+		{"release/held", "release", held, lf, []string{"tok", ""}, -1, outcome{Value: []any{int64(1), nil, int64(0), int64(0)}}},
+		{"release/held, hands to w", "release", heldLine, lf, []string{"tok", "chT"}, -1, outcome{Value: []any{int64(1), "w", int64(8), int64(4000)}}},
+		{"release/held by other", "release", heldOther, lf, []string{"tok", ""}, -1, outcome{Value: []any{int64(0), nil, int64(0), int64(0)}}},
+		{"release/w gives up", "release", heldLine, lf, []string{"w", ""}, -1, outcome{Value: []any{int64(0), nil, int64(0), int64(0)}}},
+		{"release/free", "release", nil, lf, []string{"tok", ""}, -1, outcome{Value: []any{int64(0), nil, int64(0), int64(0)}}},
+		{"release/empty token", "release", held, lf, []string{"", ""}, -1, outcome{Err: badToken}},
+		{"release/one key", "release", held, l, []string{"tok", ""}, -1, outcome{Err: keys5}},
+		{"release/wrong type", "release", lockList, lf, []string{"tok", ""}, -1, outcome{Err: wrongTyp}},
+		{"release/fence not an integer, nobody waits", "release", [][]string{{"SET", "$lock", "tok"}, {"SET", "$fence", "x"}}, lf, []string{"tok", ""}, -1, outcome{Value: []any{int64(1), nil, int64(0), int64(0)}}},
+		{"release/fence not an integer, w waits", "release", append([][]string{{"SET", "$lock", "tok"}, {"SET", "$fence", "x"}}, line...), lf, []string{"tok", ""}, -1, outcome{Err: notInt}},
 
 		{"inspect/free", "inspect", nil, l, nil, 1, outcome{Value: []any{nil, int64(0)}}},
 		{"inspect/held", "inspect", held, l, nil, 1, outcome{Value: []any{"tok", "~5s"}}},
 		{"inspect/held without expiry", "inspect", noExpiry, l, nil, 1, outcome{Value: []any{"other", int64(-1)}}},
-		{"inspect/two keys", "inspect", held, lf, nil, 1, outcome{Err: keys1}},
+		{"inspect/two keys", "inspect", held, lf[:2], nil, 1, outcome{Err: keys1}},
 		{"inspect/wrong type", "inspect", lockList, l, nil, 1, outcome{Err: wrongTyp}},
 	}
 	for i, tc := range cases {
@@ -299,9 +318,12 @@ func TestFunctions_behaveAsScripts(t *testing.T) {
 			if s.ReadOnly {
 				evalCmd, fcallCmd = "EVAL_RO", "FCALL_RO"
 			}
-			call := func(side string, head ...string) (outcome, [2]keyState) {
+			call := func(side string, head ...string) (outcome, [5]keyState) {
 				lock := fmt.Sprintf("%s:{case%d}", side, i)
-				names := map[string]string{"$lock": lock, "$fence": lock + ":fence"}
+				names := map[string]string{
+					"$lock": lock, "$fence": lock + ":fence", "$line": lock + ":line",
+					"$deadlines": lock + ":line:deadlines", "$args": lock + ":line:args",
+				}
 				subst := func(in []string) []string {
 					out := make([]string, len(in))
 					for j, a := range in {
@@ -323,7 +345,11 @@ func TestFunctions_behaveAsScripts(t *testing.T) {
 				if arr, ok := got.Value.([]any); ok && tc.ttlAt >= 0 && tc.ttlAt < len(arr) {
 					arr[tc.ttlAt] = secs(arr[tc.ttlAt])
 				}
-				return got, [2]keyState{state(t, c, names["$lock"]), state(t, c, names["$fence"])}
+				var st [5]keyState
+				for j, n := range lf {
+					st[j] = state(t, c, names[n])
+				}
+				return got, st
 			}
 			evalGot, evalState := call("eval", evalCmd, s.Source)
 			fcallGot, fcallState := call("fcall", fcallCmd, functionName(s))
@@ -360,8 +386,13 @@ func state(t *testing.T, c rueidis.Client, key string) keyState {
 		t.Fatal(err)
 	}
 	st := keyState{Type: typ}
-	if typ == "string" {
+	switch typ {
+	case "string":
 		st.Value = outcomeOf(t, c.Do(ctx, c.B().Get().Key(key).Build())).Value
+	case "zset": // members only: deadlines are absolute times
+		st.Value = outcomeOf(t, c.Do(ctx, c.B().Zrange().Key(key).Min("0").Max("-1").Build())).Value
+	case "hash":
+		st.Value = outcomeOf(t, c.Do(ctx, c.B().Hgetall().Key(key).Build())).Value
 	}
 	pttl, err := c.Do(ctx, c.B().Pttl().Key(key).Build()).AsInt64()
 	if err != nil {
@@ -372,10 +403,14 @@ func state(t *testing.T, c rueidis.Client, key string) keyState {
 }
 
 // TestFunctions_overMaxmemory checks the one place where flags matter
-// beyond FCALL_RO: a server over maxmemory (noeviction). release and
-// refresh (allow-oom) and inspect (no-writes) answer there as their EVAL
-// scripts do, so a holder can still let go of its lock; acquire (no flag)
-// fails with OOM on free and held keys alike, as its EVAL script does.
+// beyond FCALL_RO: a server over maxmemory (noeviction). Redis refuses a
+// function without allow-oom or no-writes outright there, while it runs a
+// flagless EVAL script and fails only its first memory-growing ("denyoom")
+// command, when nothing was written before. So refresh (allow-oom) and
+// inspect (no-writes) answer as their EVAL scripts do; acquire and release
+// (no flag: they call INCR and SET) are refused by FCALL, while EVAL runs
+// them and fails where they would grow memory first. Nothing is written by
+// a refused or failed call.
 func TestFunctions_overMaxmemory(t *testing.T) {
 	scripts, err := loadScripts(filepath.Join("..", "..", "scripts"), "scripts")
 	if err != nil {
@@ -395,88 +430,92 @@ func TestFunctions_overMaxmemory(t *testing.T) {
 	if o := do("FUNCTION", "LOAD", string(lib)); o.Err != "" {
 		t.Fatal(o.Err)
 	}
-	for _, k := range []string{"e", "f"} {
-		for _, suffix := range []string{"{held}", "{refresh}", "{free}"} {
-			if o := do("SET", k+suffix, "tok", "PX", "60000"); o.Err != "" {
+	for _, side := range []string{"e", "f"} {
+		for _, k := range []string{"{held}", "{refresh}", "{release}"} {
+			if o := do("SET", side+k, "tok", "PX", "60000"); o.Err != "" {
 				t.Fatal(o.Err)
 			}
 		}
-	}
-	if o := do("DEL", "e{free}", "f{free}"); o.Err != "" {
-		t.Fatal(o.Err)
 	}
 	if o := do("CONFIG", "SET", "maxmemory", "1"); o.Err != "" {
 		t.Fatal(o.Err)
 	}
 	t.Cleanup(func() { do("CONFIG", "SET", "maxmemory", "0") })
 	const oom = "OOM command not allowed when used memory > 'maxmemory'."
-
-	same := []struct {
-		name string
-		args []string // after the key
-		want outcome
+	five := func(k string) []string {
+		return []string{"5", k, k + ":fence", k + ":line", k + ":line:deadlines", k + ":line:args"}
+	}
+	nilHolderPTTL := func(o outcome) outcome {
+		if arr, ok := o.Value.([]any); ok && len(arr) == 4 {
+			arr[2] = secs(arr[2])
+		}
+		return o
+	}
+	for _, tc := range []struct {
+		name, script, key string
+		keys              func(string) []string
+		args              []string
+		eval, fcall       outcome
 	}{
-		{"refresh", []string{"tok", "30000"}, outcome{Value: int64(1)}},
-		{"release", []string{"tok"}, outcome{Value: int64(1)}},
-		{"inspect", nil, outcome{Value: []any{nil, int64(0)}}},
+		{"refresh", "refresh", "{refresh}", func(k string) []string { return []string{"1", k} },
+			[]string{"tok", "30000"}, outcome{Value: int64(1)}, outcome{Value: int64(1)}},
+		{"inspect of a free key", "inspect", "{free}", func(k string) []string { return []string{"1", k} },
+			nil, outcome{Value: []any{nil, int64(0)}}, outcome{Value: []any{nil, int64(0)}}},
+		{"release by the holder", "release", "{release}", five, []string{"tok", ""},
+			outcome{Value: []any{int64(1), nil, int64(0), int64(0)}}, outcome{Err: oom}},
+		{"acquire of a free key", "acquire", "{free}", five, []string{"tok", "5000", "0", ""},
+			outcome{Err: oom}, outcome{Err: oom}},
+		{"TryAcquire of a held key", "acquire", "{held}", five, []string{"other", "5000", "0", ""},
+			outcome{Value: []any{int64(0), int64(0), "~60s", int64(0)}}, outcome{Err: oom}},
+		{"acquire of a held key, joining the line", "acquire", "{held}", five,
+			[]string{"other", "5000", "5000", ""}, outcome{Err: oom}, outcome{Err: oom}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ev := nilHolderPTTL(do(append(append([]string{"EVAL", src[tc.script]}, tc.keys("e"+tc.key)...), tc.args...)...))
+			fc := do(append(append([]string{"FCALL", functionPrefix + tc.script}, tc.keys("f"+tc.key)...), tc.args...)...)
+			if diff := cmp.Diff(tc.eval, ev); diff != "" {
+				t.Errorf("EVAL over maxmemory (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(tc.fcall, fc); diff != "" {
+				t.Errorf("FCALL over maxmemory (-want +got):\n%s", diff)
+			}
+		})
 	}
-	for _, tc := range same {
-		key := map[string]string{"refresh": "{refresh}", "release": "{held}", "inspect": "{free}"}[tc.name]
-		ev := do(append([]string{"EVAL", src[tc.name], "1", "e" + key}, tc.args...)...)
-		fc := do(append([]string{"FCALL", functionPrefix + tc.name, "1", "f" + key}, tc.args...)...)
-		if diff := cmp.Diff(tc.want, ev); diff != "" {
-			t.Errorf("EVAL %s over maxmemory (-want +got):\n%s", tc.name, diff)
-		}
-		if diff := cmp.Diff(ev, fc); diff != "" {
-			t.Errorf("FCALL %s over maxmemory unlike EVAL (-eval +fcall):\n%s", tc.name, diff)
-		}
-	}
-
-	// acquire of a free key: both fail with OOM and write nothing.
-	ev := do("EVAL", src["acquire"], "2", "e{free}", "e{free}:fence", "tok", "5000")
-	fc := do("FCALL", "klauthed_acquire", "2", "f{free}", "f{free}:fence", "tok", "5000")
-	if ev.Err != oom || fc.Err != oom {
-		t.Errorf("acquire of a free key over maxmemory: EVAL %+v, FCALL %+v, want both %q", ev, fc, oom)
-	}
-	if n := do("EXISTS", "e{free}", "e{free}:fence", "f{free}", "f{free}:fence"); n.Value != int64(0) {
+	// Nothing was written but the release by the holder under EVAL.
+	if n := do("EXISTS", "e{free}", "e{free}:fence", "f{free}", "f{free}:fence", "e{held}:line", "f{held}:line"); n.Value != int64(0) {
 		t.Errorf("acquire over maxmemory wrote %v keys", n.Value)
 	}
-	// acquire of a held key: both fail with OOM too (the script's first
-	// command, SET NX, needs memory) and leave the holder alone.
-	ev = do("EVAL", src["acquire"], "2", "e{refresh}", "e{refresh}:fence", "other", "5000")
-	fc = do("FCALL", "klauthed_acquire", "2", "f{refresh}", "f{refresh}:fence", "other", "5000")
-	if ev.Err != oom || fc.Err != oom {
-		t.Errorf("acquire of a held key over maxmemory: EVAL %+v, FCALL %+v, want both %q", ev, fc, oom)
-	}
-	if v := do("MGET", "e{refresh}", "f{refresh}"); cmp.Diff([]any{"tok", "tok"}, v.Value) != "" {
-		t.Errorf("holders after acquire over maxmemory = %+v, want both still tok", v)
+	if v := do("MGET", "e{held}", "f{held}", "e{release}", "f{release}"); cmp.Diff([]any{"tok", "tok", nil, "tok"}, v.Value) != "" {
+		t.Errorf("holders after the calls over maxmemory = %+v, want tok, tok, nil (released by EVAL), tok", v)
 	}
 }
 
-// TestFunctions_readmeCopyPaste runs the FCALL commands of
-// scripts/README.md through a shell from the module root, as a user would
-// paste them, and checks the replies as redis-cli prints them.
-func TestFunctions_readmeCopyPaste(t *testing.T) {
-	srv := redistest.Start(t)
-	host, port, _ := strings.Cut(srv.Addr, ":")
-	cli := "redis-cli -h " + host + " -p " + port
-	steps := []struct{ cmd, want string }{
-		{`redis-cli FUNCTION LOAD REPLACE "$(cat scripts/functions/klauthed.lua)"`, "klauthed"},
-		{`redis-cli FCALL klauthed_acquire 2 'klauthed:{k}' 'klauthed:{k}:fence' tok 5000`, "1\n1\n5000"},
-		{`redis-cli FCALL klauthed_refresh 1 'klauthed:{k}' tok 10000`, "1"},
-		{`redis-cli FCALL_RO klauthed_inspect 1 'klauthed:{k}' | head -1`, "tok"},
-		{`redis-cli FCALL klauthed_release 1 'klauthed:{k}' tok`, "1"},
-		{`redis-cli FCALL_RO klauthed_inspect 1 'klauthed:{k}'`, "\n0"},
+// TestFunctions_protocol checks klauthed_protocol: read-only (FCALL_RO
+// runs it), no keys, and it replies the protocol the scripts speak, which
+// for protocol 2 means an acquire with five keys and four reply elements.
+func TestFunctions_protocol(t *testing.T) {
+	scripts, err := loadScripts(filepath.Join("..", "..", "scripts"), "scripts")
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, s := range steps {
-		cmd := exec.Command("sh", "-c", strings.ReplaceAll(s.cmd, "redis-cli ", cli+" "))
-		cmd.Dir = filepath.Join("..", "..")
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("%s: %v\n%s", s.cmd, err, out)
+	for _, s := range scripts {
+		if s.Name == "acquire" && (len(s.Keys) != 5 || len(s.Reply) != 4) {
+			t.Fatalf("acquire has %d keys and %d reply elements: not protocol %d", len(s.Keys), len(s.Reply), protocol)
 		}
-		if got := strings.TrimRight(string(out), "\n"); got != s.want {
-			t.Fatalf("%s\ngot:\n%q\nwant:\n%q", s.cmd, got, s.want)
+	}
+	lib, err := os.ReadFile(filepath.Join("..", "..", "scripts", filepath.FromSlash(functionsFile)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newRedisClient(t)
+	ctx := context.Background()
+	if o := outcomeOf(t, c.Do(ctx, c.B().Arbitrary("FUNCTION", "LOAD", string(lib)).Build())); o.Err != "" {
+		t.Fatal(o.Err)
+	}
+	for _, cmd := range []string{"FCALL_RO", "FCALL"} {
+		got := outcomeOf(t, c.Do(ctx, c.B().Arbitrary(cmd, "klauthed_protocol", "0").Build()))
+		if diff := cmp.Diff(outcome{Value: int64(2)}, got); diff != "" {
+			t.Errorf("%s klauthed_protocol 0 (-want +got):\n%s", cmd, diff)
 		}
 	}
 }

@@ -24,12 +24,15 @@ import (
 	"bytes"
 	"flag"
 	"fmt"
+	"go/format"
 	"io"
 	"os"
 	"path"
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/dave/jennifer/jen"
 )
 
 func main() {
@@ -110,18 +113,49 @@ func loadScripts(dir, display string) ([]*script, error) {
 func render(scripts []*script, display string) (map[string][]byte, error) {
 	out := map[string][]byte{}
 	for _, s := range scripts {
-		var buf bytes.Buffer
-		if err := renderScript(s).Render(&buf); err != nil {
+		b, err := renderFile(renderScript(s))
+		if err != nil {
 			return nil, fmt.Errorf("%s: render: %w", s.Path, err)
 		}
-		out[s.Name+".go"] = buf.Bytes()
+		out[s.Name+".go"] = b
 	}
-	var buf bytes.Buffer
-	if err := renderIndex(scripts, display).Render(&buf); err != nil {
+	b, err := renderFile(renderIndex(scripts, display))
+	if err != nil {
 		return nil, fmt.Errorf("render scripts.go: %w", err)
 	}
-	out["scripts.go"] = buf.Bytes()
+	out["scripts.go"] = b
 	return out, nil
+}
+
+// renderFile renders f (jennifer gofmts it) with its imports grouped as
+// in hand-written Go: the standard library first, a blank line, the rest.
+func renderFile(f *jen.File) ([]byte, error) {
+	var buf bytes.Buffer
+	if err := f.Render(&buf); err != nil {
+		return nil, err
+	}
+	src := buf.String()
+	start := strings.Index(src, "\nimport (\n")
+	if start < 0 {
+		return buf.Bytes(), nil
+	}
+	start += len("\nimport (\n")
+	end := start + strings.Index(src[start:], "\n)\n")
+	var std, other []string
+	for _, l := range strings.Split(src[start:end], "\n") {
+		path := strings.Trim(strings.TrimSpace(l), `"`)
+		if first, _, _ := strings.Cut(path, "/"); strings.Contains(first, ".") {
+			other = append(other, l)
+		} else {
+			std = append(std, l)
+		}
+	}
+	block := strings.Join(std, "\n")
+	if len(std) > 0 && len(other) > 0 {
+		block += "\n\n"
+	}
+	block += strings.Join(other, "\n")
+	return format.Source([]byte(src[:start] + block + src[end:]))
 }
 
 // generatedPrefix starts every file scriptgen writes.

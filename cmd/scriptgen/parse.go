@@ -44,6 +44,7 @@ var replyTypes = map[string]bool{
 var reserved = map[string]bool{
 	"ctx": true, "c": true, "keys": true, "args": true, "res": true,
 	"clientTTL": true, "r": true, "err": true, "vals": true, "msg": true,
+	"keyList": true, "argList": true, "batch": true, "pending": true,
 }
 
 // headerError is a malformed header, reported as "path:line: msg".
@@ -69,6 +70,9 @@ func parseScript(path, name string, src []byte) (*script, error) {
 	}
 	if name == "scripts" {
 		return fail(1, "script name %q is reserved for the generated index", name)
+	}
+	if functionPrefix+name == protocolFunction {
+		return fail(1, "script name %q is reserved for the library's %s function", name, protocolFunction)
 	}
 	lines := strings.Split(text, "\n")
 	seen := map[string]int{}

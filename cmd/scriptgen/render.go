@@ -49,22 +49,118 @@ func sourceLit(src string) jen.Code {
 	return jen.Lit(src)
 }
 
+// docWidth is the width doc comments are wrapped at, "// " included.
+const docWidth = 80
+
+// doc turns paragraphs into a doc comment wrapped at docWidth, with "//"
+// lines between paragraphs. A paragraph starting with "  - " is a list item,
+// kept on one line as gofmt wants it.
+func doc(paras ...string) *jen.Statement { return comments(wrap(paras...)...) }
+
+// wrap wraps paragraphs as doc does, without the comment markers.
+func wrap(paras ...string) []string {
+	var lines []string
+	for i, p := range paras {
+		if i > 0 {
+			lines = append(lines, "")
+		}
+		if strings.HasPrefix(p, "  - ") {
+			lines = append(lines, p)
+			continue
+		}
+		line := ""
+		for _, w := range strings.Fields(p) {
+			if line != "" && len(line)+1+len(w) > docWidth-3 {
+				lines = append(lines, line)
+				line = ""
+			}
+			if line != "" {
+				line += " "
+			}
+			line += w
+		}
+		lines = append(lines, line)
+	}
+	return lines
+}
+
+// structKeys and structArgs report whether a script takes its KEYS or ARGV
+// as a NAMEKeys or NAMEArgs struct (three or more) rather than as
+// parameters.
+func structKeys(s *script) bool { return len(s.Keys) >= 3 }
+func structArgs(s *script) bool { return len(s.Argv) >= 3 }
+
+// argGoType is the Go type of one ARGV entry.
+func argGoType(a arg) jen.Code {
+	switch a.Type {
+	case "duration_ms":
+		return jen.Qual(timePath, "Duration")
+	case "int64":
+		return jen.Int64()
+	default:
+		return jen.String()
+	}
+}
+
+// params are the Go parameters for a script's KEYS and ARGV.
+func params(s *script, exp string) []jen.Code {
+	var out []jen.Code
+	if structKeys(s) {
+		out = append(out, jen.Id("keyList").Id(exp+"Keys"))
+	} else {
+		for _, k := range s.Keys {
+			out = append(out, jen.Id(goParam(k)).String())
+		}
+	}
+	if structArgs(s) {
+		out = append(out, jen.Id("argList").Id(exp+"Args"))
+	} else {
+		for _, a := range s.Argv {
+			out = append(out, jen.Id(goParam(a.Name)).Add(argGoType(a)))
+		}
+	}
+	return out
+}
+
+// keyRefs and argRefs are the KEYS and ARGV strings as Go expressions.
+func keyRefs(s *script) []jen.Code {
+	var out []jen.Code
+	for _, k := range s.Keys {
+		if structKeys(s) {
+			out = append(out, jen.Id("keyList").Dot(goExported(k)))
+		} else {
+			out = append(out, jen.Id(goParam(k)))
+		}
+	}
+	return out
+}
+
+func argRefs(s *script) []jen.Code {
+	var out []jen.Code
+	for _, a := range s.Argv {
+		id := jen.Id(goParam(a.Name))
+		if structArgs(s) {
+			id = jen.Id("argList").Dot(goExported(a.Name))
+		}
+		out = append(out, argValue(a, id))
+	}
+	return out
+}
+
 // renderScript renders gen/<name>.go for one script.
 func renderScript(s *script) *jen.File {
 	f := newFile(s.Path)
 	exp := goExported(s.Name)
 	result := exp + "Result"
 	luaVar := goParam(s.Name) + "Script"
+	parse := "parse" + exp
 	sum := sha1.Sum([]byte(s.Source))
 
-	f.Add(comments(
-		exp+"Source is the Lua source of "+s.Path+", as EVAL sends it: the file",
-		"without its final newline, which is also what `redis-cli SCRIPT LOAD",
-		"\"$(cat "+s.Path+")\"` loads.",
-	))
+	f.Add(doc(exp + "Source is " + s.Path + " as EVAL sends it: the file without its final " +
+		"newline, as `redis-cli SCRIPT LOAD \"$(cat " + s.Path + ")\"` loads it."))
 	f.Const().Id(exp + "Source").Op("=").Add(sourceLit(s.Source))
 	f.Line()
-	f.Comment("// " + exp + "SHA1 is the SHA1 of " + exp + "Source, as SCRIPT LOAD replies it.")
+	f.Add(doc(exp + "SHA1 is the SHA1 of " + exp + "Source, as SCRIPT LOAD replies it."))
 	f.Const().Id(exp + "SHA1").Op("=").Lit(hex.EncodeToString(sum[:]))
 	f.Line()
 	ctor := "NewLuaScript"
@@ -74,8 +170,36 @@ func renderScript(s *script) *jen.File {
 	f.Var().Id(luaVar).Op("=").Qual(rueidisPath, ctor).Call(jen.Id(exp + "Source"))
 	f.Line()
 
-	// The result struct.
-	f.Add(comments(result + " is the reply of " + s.Path + "."))
+	if structKeys(s) {
+		f.Add(doc(exp + "Keys are the KEYS of " + s.Path + ", in its order."))
+		f.Type().Id(exp + "Keys").StructFunc(func(g *jen.Group) {
+			for _, k := range s.Keys {
+				g.Id(goExported(k)).String()
+			}
+		})
+		f.Line()
+	}
+	if structArgs(s) {
+		var ms []string
+		for _, a := range s.Argv {
+			if a.Type == "duration_ms" {
+				ms = append(ms, goExported(a.Name))
+			}
+		}
+		d := exp + "Args are the ARGV of " + s.Path + ", in its order."
+		if len(ms) > 0 {
+			d += " " + strings.Join(ms, " and ") + " are sent as whole milliseconds (truncated)."
+		}
+		f.Add(doc(d))
+		f.Type().Id(exp + "Args").StructFunc(func(g *jen.Group) {
+			for _, a := range s.Argv {
+				g.Id(goExported(a.Name)).Add(argGoType(a))
+			}
+		})
+		f.Line()
+	}
+
+	f.Add(doc(result + " is the reply of " + s.Path + "."))
 	f.Type().Id(result).StructFunc(func(g *jen.Group) {
 		for i, fd := range s.Reply {
 			if fd.Present != "" {
@@ -88,87 +212,85 @@ func renderScript(s *script) *jen.File {
 	})
 	f.Line()
 
-	// The EVALSHA wrapper.
-	params := []jen.Code{
+	verb := "EVALSHA, and with EVAL when the server lacks the script (NOSCRIPT)"
+	if s.ReadOnly {
+		verb = "EVALSHA_RO, and with EVAL_RO when the server lacks the script (NOSCRIPT)"
+	}
+	ps := append([]jen.Code{
 		jen.Id("ctx").Qual("context", "Context"),
 		jen.Id("c").Qual(rueidisPath, "Client"),
-	}
-	params = append(params, paramList(s)...)
-	var doc []string
-	verb := "EVALSHA, falling back to EVAL"
-	if s.ReadOnly {
-		verb = "EVALSHA_RO, falling back to EVAL_RO"
-	}
-	doc = append(doc, fmt.Sprintf("%s runs %s with %s when the server", exp, s.Path, verb),
-		"does not have the script loaded (NOSCRIPT).", "")
-	doc = append(doc, s.Doc...)
-	doc = append(doc, "")
-	doc = append(doc, outcomeDoc(s, result)...)
-	f.Add(comments(doc...))
-	f.Func().Id(exp).Params(params...).Params(jen.Id(result), jen.Error()).BlockFunc(func(g *jen.Group) {
+	}, params(s, exp)...)
+	f.Add(doc(append([]string{
+		exp + " runs " + s.Path + " with " + verb + ". What the script does, " +
+			"replies and writes is in its header and in scripts/README.md.",
+	}, outcomeDoc(s, result)...)...))
+	f.Func().Id(exp).Params(ps...).Params(jen.Id(result), jen.Error()).BlockFunc(func(g *jen.Group) {
 		keys, args := keysArgs(g, s)
-		g.Return(jen.Id("Parse" + exp).Call(
+		g.Return(jen.Id(parse).Call(
 			jen.Id(luaVar).Dot("Exec").Call(jen.Id("ctx"), jen.Id("c"), keys, args),
 		))
 	})
 	f.Line()
 
-	renderCmds(f, s, exp)
+	f.Add(doc(exp + " adds a call of " + s.Path + " to the batch; its Pending holds what " +
+		exp + " would return."))
+	f.Func().Params(jen.Id("batch").Op("*").Id("Batch")).Id(exp).Params(params(s, exp)...).
+		Op("*").Id("Pending").Index(jen.Id(result)).BlockFunc(func(g *jen.Group) {
+		g.Id("pending").Op(":=").New(jen.Id("Pending").Index(jen.Id(result)))
+		var args jen.Code = jen.Nil()
+		if len(s.Argv) > 0 {
+			args = jen.Index().String().Values(argRefs(s)...)
+		}
+		g.Id("batch").Dot("script").Call(jen.Id(exp+"SHA1"), jen.Id(exp+"Source"), jen.Lit(s.ReadOnly),
+			jen.Index().String().Values(keyRefs(s)...), args,
+			jen.Func().Params(jen.Id("res").Qual(rueidisPath, "RedisResult")).Block(
+				jen.List(jen.Id("pending").Dot("v"), jen.Id("pending").Dot("err")).Op("=").
+					Id(parse).Call(jen.Id("res")),
+				jen.Id("pending").Dot("done").Op("=").True(),
+			))
+		g.Return(jen.Id("pending"))
+	})
+	f.Line()
 
 	// The client-side-cached variant: rueidis caches one-key read-only scripts.
 	if s.ReadOnly && len(s.Keys) == 1 {
-		cparams := append(params[:len(params):len(params)], jen.Id("clientTTL").Qual(timePath, "Duration"))
-		f.Add(comments(
-			exp+"Cache runs "+s.Path+" like "+exp+", but through the client-side",
-			"cache: c.DoCache with EVALSHA_RO, so the server tracks the key for",
-			"this connection and invalidates the cached reply when the key changes",
-			"or expires; clientTTL alone bounds how long the reply may be served",
-			"from the cache (ToStaticTTL: no MULTI/PTTL wrapper, so the cached",
-			"reply's TTL field is as of the read). On NOSCRIPT it retries with EVAL_RO, also cached. Where the",
-			"client cache is disabled or unsupported, rueidis sends the command",
-			"uncached. Results and errors are as for "+exp+".",
+		cparams := append(ps[:len(ps):len(ps)], jen.Id("clientTTL").Qual(timePath, "Duration"))
+		f.Add(doc(
+			exp + "Cache runs " + s.Path + " like " + exp + ", but through rueidis client-side " +
+				"caching: c.DoCache with EVALSHA_RO (EVAL_RO after NOSCRIPT), so the server " +
+				"tracks the key for this connection and invalidates the cached reply when " +
+				"the key changes or expires. clientTTL alone bounds how long a reply may be " +
+				"served from the cache (ToStaticTTL: no MULTI/PTTL wrapper, so a cached " +
+				"reply's TTL field is as of the read). Where the client cache is disabled " +
+				"or unsupported, rueidis sends the command uncached. Results and errors are " +
+				"as for " + exp + ".",
 		))
 		f.Func().Id(exp+"Cache").Params(cparams...).Params(jen.Id(result), jen.Error()).BlockFunc(func(g *jen.Group) {
-			key := jen.Id(goParam(s.Keys[0]))
-			var argIDs []jen.Code
-			for _, a := range s.Argv {
-				argIDs = append(argIDs, argValue(a))
-			}
+			args := argRefs(s)
 			build := func(head *jen.Statement) *jen.Statement {
-				st := head.Dot("Numkeys").Call(jen.Lit(1)).Dot("Key").Call(key.Clone())
-				if len(argIDs) > 0 {
-					st = st.Dot("Arg").Call(argIDs...)
+				st := head.Dot("Numkeys").Call(jen.Lit(1)).Dot("Key").Call(keyRefs(s)...)
+				if len(args) > 0 {
+					st = st.Dot("Arg").Call(args...)
 				}
-				// ToStaticTTL: one CLIENT CACHING + EVALSHA_RO instead of
-				// CLIENT CACHING, MULTI, PTTL, EVALSHA_RO, EXEC; tracking
-				// invalidations, not the key's PTTL, keep the entry fresh.
 				return st.Dot("Cache").Call().Dot("ToStaticTTL").Call()
 			}
 			g.Id("res").Op(":=").Id("c").Dot("DoCache").Call(jen.Id("ctx"),
 				build(jen.Id("c").Dot("B").Call().Dot("EvalshaRo").Call().Dot("Sha1").Call(jen.Id(exp+"SHA1"))),
 				jen.Id("clientTTL"))
-			g.If(
-				jen.List(jen.Id("err"), jen.Id("ok")).Op(":=").Qual(rueidisPath, "IsRedisErr").Call(jen.Id("res").Dot("Error").Call()),
-				jen.Id("ok").Op("&&").Id("err").Dot("IsNoScript").Call(),
-			).Block(
+			g.If(jen.Id("isNoScript").Call(jen.Id("res").Dot("Error").Call())).Block(
 				jen.Id("res").Op("=").Id("c").Dot("DoCache").Call(jen.Id("ctx"),
 					build(jen.Id("c").Dot("B").Call().Dot("EvalRo").Call().Dot("Script").Call(jen.Id(exp+"Source"))),
 					jen.Id("clientTTL")),
 			)
-			g.Return(jen.Id("Parse" + exp).Call(jen.Id("res")))
+			g.Return(jen.Id(parse).Call(jen.Id("res")))
 		})
 		f.Line()
 	}
 
-	// The reply parser.
-	f.Add(comments(
-		fmt.Sprintf("Parse%s decodes the reply of %s, as %s, %sCmd or", exp, s.Path, exp, exp),
-		exp+"EvalCmd produced it. A Redis error reply (NOSCRIPT included) comes",
-		"back unchanged as the error; a nil reply or element becomes an error",
-		"describing the reply's shape, never rueidis.Nil. On failure the",
-		result+" is the zero value.",
-	))
-	f.Func().Id("Parse"+exp).Params(jen.Id("res").Qual(rueidisPath, "RedisResult")).
+	f.Add(doc(parse + " decodes a reply of " + s.Path + ". A Redis error reply comes back " +
+		"unchanged; a nil reply or element becomes an error describing the reply's " +
+		"shape, never rueidis.Nil. On failure the " + result + " is the zero value."))
+	f.Func().Id(parse).Params(jen.Id("res").Qual(rueidisPath, "RedisResult")).
 		Params(jen.Id("r").Id(result), jen.Err().Error()).BlockFunc(func(g *jen.Group) {
 		name := jen.Lit(s.Name)
 		if len(s.Reply) == 1 {
@@ -192,56 +314,6 @@ func renderScript(s *script) *jen.File {
 		g.Return(jen.Id("r"), jen.Nil())
 	})
 	return f
-}
-
-// renderCmds renders NAMECmd and NAMEEvalCmd: the script call as a
-// rueidis.Completed, for callers that send it together with other commands
-// (c.DoMulti, a DedicatedClient), e.g. followed by WAIT on the same
-// connection.
-func renderCmds(f *jen.File, s *script, exp string) {
-	params := []jen.Code{jen.Id("c").Qual(rueidisPath, "Client")}
-	params = append(params, paramList(s)...)
-	var keyIDs, argIDs []jen.Code
-	for _, k := range s.Keys {
-		keyIDs = append(keyIDs, jen.Id(goParam(k)))
-	}
-	for _, a := range s.Argv {
-		argIDs = append(argIDs, argValue(a))
-	}
-	build := func(head *jen.Statement) *jen.Statement {
-		st := head.Dot("Numkeys").Call(jen.Lit(len(keyIDs))).Dot("Key").Call(keyIDs...)
-		if len(argIDs) > 0 {
-			st = st.Dot("Arg").Call(argIDs...)
-		}
-		return st.Dot("Build").Call()
-	}
-	sha, eval := "EVALSHA", "EVAL"
-	shaM, evalM := "Evalsha", "Eval"
-	if s.ReadOnly {
-		sha, eval = "EVALSHA_RO", "EVAL_RO"
-		shaM, evalM = "EvalshaRo", "EvalRo"
-	}
-	f.Add(comments(
-		fmt.Sprintf("%sCmd builds the %s of %s with c's command builder,", exp, sha, s.Path),
-		"without sending it, for batching the script with other commands in one",
-		"c.DoMulti (with a blocking command such as WAIT, rueidis sends the whole",
-		"batch on one dedicated connection). Decode its reply with Parse"+exp+";",
-		"when that is a NOSCRIPT error (rueidis.IsRedisErr, IsNoScript), send",
-		exp+"EvalCmd instead. Arguments are encoded as by "+exp+"; nothing is",
-		"validated here. A Completed must be sent at most once.",
-	))
-	f.Func().Id(exp+"Cmd").Params(params...).Qual(rueidisPath, "Completed").Block(
-		jen.Return(build(jen.Id("c").Dot("B").Call().Dot(shaM).Call().Dot("Sha1").Call(jen.Id(exp + "SHA1")))),
-	)
-	f.Line()
-	f.Add(comments(
-		fmt.Sprintf("%sEvalCmd is %sCmd with %s and the full source, for the", exp, exp, eval),
-		"retry after NOSCRIPT (it also loads the script into the server's cache).",
-	))
-	f.Func().Id(exp+"EvalCmd").Params(params...).Qual(rueidisPath, "Completed").Block(
-		jen.Return(build(jen.Id("c").Dot("B").Call().Dot(evalM).Call().Dot("Script").Call(jen.Id(exp + "Source")))),
-	)
-	f.Line()
 }
 
 // elem renders the parsing of reply element i from msg into r.
@@ -303,48 +375,27 @@ func fieldDoc(fd field, i, n int) string {
 
 func outcomeDoc(s *script, result string) []string {
 	var d []string
-	for _, a := range s.Argv {
-		if a.Type == "duration_ms" {
-			d = append(d, fmt.Sprintf("%s is sent as whole milliseconds (truncated).", goParam(a.Name)), "")
+	if !structArgs(s) {
+		for _, a := range s.Argv {
+			if a.Type == "duration_ms" {
+				d = append(d, goParam(a.Name)+" is sent as whole milliseconds (truncated).")
+			}
 		}
 	}
 	d = append(d,
-		"On success it returns the decoded reply. On failure it returns the zero",
-		result+" and the error: a Redis error reply (the script's own or the",
-		"server's) as a *rueidis.RedisError (see rueidis.IsRedisErr), a network or",
-		"context error from rueidis, or an error describing a reply whose shape",
-		"differs from the script's header. Error replies of the script:",
-		"",
-	)
+		"On success it returns the decoded reply. On failure it returns the zero "+
+			result+" and the error: a Redis error reply (the script's own or the "+
+			"server's) as a *rueidis.RedisError (see rueidis.IsRedisErr), a network or "+
+			"context error from rueidis, or an error describing a reply whose shape "+
+			"differs from the script's header. Error replies of the script:")
 	for _, e := range s.Errors {
 		d = append(d, "  - "+e)
 	}
 	return d
 }
 
-func paramList(s *script) []jen.Code {
-	var out []jen.Code
-	for _, k := range s.Keys {
-		out = append(out, jen.Id(goParam(k)).String())
-	}
-	for _, a := range s.Argv {
-		var t jen.Code
-		switch a.Type {
-		case "duration_ms":
-			t = jen.Qual(timePath, "Duration")
-		case "int64":
-			t = jen.Int64()
-		default:
-			t = jen.String()
-		}
-		out = append(out, jen.Id(goParam(a.Name)).Add(t))
-	}
-	return out
-}
-
 // argValue is the ARGV string for one Go argument.
-func argValue(a arg) jen.Code {
-	id := jen.Id(goParam(a.Name))
+func argValue(a arg, id *jen.Statement) jen.Code {
 	switch a.Type {
 	case "duration_ms":
 		return jen.Qual(strconvPath, "FormatInt").Call(
@@ -359,19 +410,13 @@ func argValue(a arg) jen.Code {
 // keysArgs declares fixed-size arrays for KEYS and ARGV (no heap slices) and
 // returns the expressions to pass to Lua.Exec.
 func keysArgs(g *jen.Group, s *script) (jen.Code, jen.Code) {
-	var keys []jen.Code
-	for _, k := range s.Keys {
-		keys = append(keys, jen.Id(goParam(k)))
-	}
+	keys := keyRefs(s)
 	g.Id("keys").Op(":=").Index(jen.Lit(len(keys))).String().Values(keys...)
 	keysExpr := jen.Id("keys").Index(jen.Op(":"))
 	if len(s.Argv) == 0 {
 		return keysExpr, jen.Nil()
 	}
-	var args []jen.Code
-	for _, a := range s.Argv {
-		args = append(args, argValue(a))
-	}
+	args := argRefs(s)
 	g.Id("args").Op(":=").Index(jen.Lit(len(args))).String().Values(args...)
 	return keysExpr, jen.Id("args").Index(jen.Op(":"))
 }
@@ -380,18 +425,23 @@ func keysArgs(g *jen.Group, s *script) (jen.Code, jen.Code) {
 // the reply helpers every wrapper shares.
 func renderIndex(scripts []*script, scriptsDir string) *jen.File {
 	f := newFile(scriptsDir + "/*.lua")
-	f.PackageComment("// Package gen holds typed rueidis wrappers for the Lua scripts in " + scriptsDir + "/,")
-	f.PackageComment("// generated by cmd/scriptgen (go generate ./... at the module root).")
-	f.PackageComment("//")
-	f.PackageComment("// Each script NAME has NAMESource and NAMESHA1 constants (for SCRIPT LOAD")
-	f.PackageComment("// elsewhere), a NAMEResult struct and a NAME function that runs it with")
-	f.PackageComment("// EVALSHA, falling back to EVAL on NOSCRIPT; read-only one-key scripts")
-	f.PackageComment("// also get NAMECache, which goes through rueidis client-side caching.")
-	f.PackageComment("// NAMECmd and NAMEEvalCmd build the same call as a rueidis.Completed without")
-	f.PackageComment("// sending it, and ParseNAME decodes its reply, for callers that batch the")
-	f.PackageComment("// script with other commands on one connection (e.g. followed by WAIT).")
-	f.PackageComment("// Redis error replies come back unchanged as *rueidis.RedisError; a nil")
-	f.PackageComment("// reply is never returned as rueidis.Nil.")
+	for _, l := range wrap(
+		"Package gen runs the Lua scripts in "+scriptsDir+"/ from Go through rueidis; "+
+			"cmd/scriptgen generates it (go generate ./... at the module root), "+
+			"all but batch.go.",
+		"Each script NAME has one typed call, NAME(ctx, c, keys, args), and one "+
+			"batched call, (*Batch).NAME, which adds it to a Batch sent with other "+
+			"commands (e.g. WAIT) in one DoMulti. Both send EVALSHA and handle NOSCRIPT "+
+			"themselves (EVAL with the source, which also loads it). Scripts with three "+
+			"or more KEYS or ARGV take them as NAMEKeys and NAMEArgs structs. Read-only "+
+			"one-key scripts also get NAMECache, through rueidis client-side caching.",
+		"NAMESource and NAMESHA1 (and Scripts) are for loading the scripts elsewhere. "+
+			"What each script does is specified in its file and in "+scriptsDir+"/README.md. "+
+			"Redis error replies come back unchanged as *rueidis.RedisError; a nil "+
+			"reply is never returned as rueidis.Nil.",
+	) {
+		f.PackageComment(strings.TrimRight("// "+l, " "))
+	}
 
 	f.Comment("// Script describes one Lua script of the pack.")
 	f.Type().Id("Script").Struct(
@@ -529,7 +579,8 @@ func addHelpers(f *jen.File, used map[string]bool) {
 	}
 	if used["string|nil"] {
 		f.Comment("// asNullString decodes a string that may be nil. Lua false reaches RESP2")
-		f.Comment("// clients as nil and RESP3 clients (rueidis) as the boolean false.")
+		f.Comment("// clients as nil and RESP3 clients (rueidis) as null; a boolean false only")
+		f.Comment("// from a script that called redis.setresp(3). All three mean nil here.")
 		f.Func().Id("asNullString").Params(jen.Id("m").Add(rm())).
 			Params(jen.Id("s").String(), jen.Id("present").Bool(), jen.Err().Error()).Block(
 			jen.If(jen.Id("m").Dot("IsNil").Call().Op("||").Id("m").Dot("IsBool").Call()).Block(

@@ -39,11 +39,11 @@ func TestRender_golden(t *testing.T) {
 				t.Fatal(err)
 			}
 			all = append(all, s)
-			var buf bytes.Buffer
-			if err := renderScript(s).Render(&buf); err != nil {
+			b, err := renderFile(renderScript(s))
+			if err != nil {
 				t.Fatal(err)
 			}
-			golden(t, tc.name+".go.golden", buf.Bytes())
+			golden(t, tc.name+".go.golden", b)
 		})
 	}
 	t.Run("index", func(t *testing.T) {
@@ -51,11 +51,11 @@ func TestRender_golden(t *testing.T) {
 			t.Fatal("a case above failed")
 		}
 		sort.Slice(all, func(i, j int) bool { return all[i].Name < all[j].Name })
-		var buf bytes.Buffer
-		if err := renderIndex(all, "scripts").Render(&buf); err != nil {
+		b, err := renderFile(renderIndex(all, "scripts"))
+		if err != nil {
 			t.Fatal(err)
 		}
-		golden(t, "scripts.go.golden", buf.Bytes())
+		golden(t, "scripts.go.golden", b)
 	})
 }
 
@@ -90,6 +90,7 @@ func TestParse_badHeaders(t *testing.T) {
 		{"name differs from file", "x", strings.Replace(ok, "name: x", "name: y", 1), "scripts/x.lua:1: name \"y\": want \"x\", the file's base name"},
 		{"bad file name", "X-y", ok, "scripts/X-y.lua:1: file name \"X-y.lua\": want lower_snake_case ending in .lua"},
 		{"reserved name", "scripts", strings.Replace(ok, "name: x", "name: scripts", 1), "scripts/scripts.lua:1: script name \"scripts\" is reserved for the generated index"},
+		{"protocol name", "protocol", strings.Replace(ok, "name: x", "name: protocol", 1), "scripts/protocol.lua:1: script name \"protocol\" is reserved for the library's klauthed_protocol function"},
 		{"no colon", "x", "-- name: x\n-- keys k\n", "scripts/x.lua:2: malformed header line \"-- keys k\": want \"-- field: value\""},
 		{"no space after dashes", "x", "-- name: x\n--keys: k\n", "scripts/x.lua:2: malformed header line \"--keys: k\": want \"-- field: value\""},
 		{"unknown field", "x", ok + "-- returns: 1\n", "scripts/x.lua:5: unknown header field \"returns\" (want name, keys, argv, reply, readonly, error)"},

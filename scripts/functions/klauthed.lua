@@ -16,6 +16,7 @@
 --   FCALL_RO klauthed_inspect 1 lock_key
 --   FCALL klauthed_refresh 1 lock_key token ttl_ms
 --   FCALL klauthed_release 5 lock_key fence_key line_key line_deadlines_key line_args_key token channel
+--   FCALL_RO klauthed_protocol 0
 
 -- klauthed_acquire: scripts/acquire.lua
 redis.register_function{
@@ -72,6 +73,25 @@ local function leave(t)
   redis.call('HDEL', LA, t)
 end
 
+-- lineRead reads each line key once, so that a key of the wrong type fails
+-- the call before it writes anything (scripts are not rolled back); it
+-- replies this token's deadline in the line, or nil.
+local function lineRead()
+  redis.call('ZSCORE', L, token)
+  redis.call('HGET', LA, token)
+  return tonumber(redis.call('ZSCORE', LD, token))
+end
+
+-- fenceRead checks, before anything is written, that INCR of the fence
+-- counter will succeed: the fence key is absent or holds an integer.
+local function fenceRead()
+  local f = redis.call('GET', KEYS[2])
+  if f and f ~= '0' and not string.match(f, '^%-?[1-9]%d*$') then
+    return redis.error_reply('ERR fence key holds a value that is not an integer')
+  end
+  return f
+end
+
 -- now in ms on the server's clock (scripts replicate by effects).
 local function now()
   local t = redis.call('TIME')
@@ -100,19 +120,17 @@ end
 -- grant sets the free lock to the line head's token, allocates its fence
 -- and tells its waiter on its channel: "fence ttl token".
 local function grant(h, httl, hch)
-  local fence = redis.pcall('INCR', KEYS[2])
-  if type(fence) == 'table' then return fence end
+  local fence = redis.call('INCR', KEYS[2])
   redis.call('SET', KEYS[1], h, 'PX', httl)
   leave(h)
   if hch ~= '' then
     redis.call('PUBLISH', hch, string.format('%d', fence) .. ' ' .. httl .. ' ' .. h)
   end
-  return fence
 end
 
 local holder = redis.call('GET', KEYS[1])
 if holder == token then
-  -- Read the fence before PEXPIRE, so a bad fence key changes nothing.
+  -- Read the fence and the line before PEXPIRE, so a bad key changes nothing.
   local fence = redis.call('GET', KEYS[2])
   if fence then
     fence = tonumber(fence)
@@ -122,31 +140,35 @@ if holder == token then
   else
     fence = 0
   end
+  local queued = redis.call('EXISTS', L) == 1 and lineRead()
   redis.call('PEXPIRE', KEYS[1], ttl)
-  leave(token)
+  if queued then leave(token) end
   return {1, fence, ms, 0}
 end
+if not holder and redis.call('EXISTS', L) == 0 then
+  -- Fast path: nobody waits, so no clock and no line to read.
+  local fence = redis.pcall('INCR', KEYS[2])
+  if type(fence) == 'table' then return fence end
+  redis.call('SET', KEYS[1], token, 'PX', ttl)
+  return {1, fence, ms, 0}
+end
+-- A TryAcquire of a held key (line ttl 0) writes nothing and reads no line.
+local deadline = nil
+if not holder or lms ~= 0 then deadline = lineRead() end
 local t = nil
 if not holder then
-  -- Fast path: nobody waits, so no clock and no line to read.
-  if redis.call('EXISTS', L) == 0 then
-    local fence = redis.pcall('INCR', KEYS[2])
-    if type(fence) == 'table' then return fence end
-    redis.call('SET', KEYS[1], token, 'PX', ttl)
-    return {1, fence, ms, 0}
-  end
+  local bad = fenceRead()
+  if type(bad) == 'table' then return bad end
   t = now()
   local h, httl, hch = head(t)
   if not h or h == token then
-    local fence = redis.pcall('INCR', KEYS[2])
-    if type(fence) == 'table' then return fence end
+    local fence = redis.call('INCR', KEYS[2])
     redis.call('SET', KEYS[1], token, 'PX', ttl)
     leave(token)
     return {1, fence, ms, 0}
   end
   -- The key is free but others were here first: it is the head's.
-  local fence = grant(h, httl, hch)
-  if type(fence) == 'table' then return fence end
+  grant(h, httl, hch)
 end
 local pttl = redis.call('PTTL', KEYS[1])
 if lms == 0 then
@@ -154,8 +176,13 @@ if lms == 0 then
 end
 if not t then
   t = now()
+  -- Drop lapsed entries, so the line shows who is still waiting.
   local dead = redis.call('ZRANGEBYSCORE', LD, '-inf', t, 'LIMIT', 0, 64)
   for i = 1, #dead do leave(dead[i]) end
+end
+-- An entry not kept alive lost its place, even if no call dropped it yet.
+if deadline and deadline <= t then
+  leave(token)
 end
 if not redis.call('ZSCORE', L, token) then
   local last = redis.call('ZRANGE', L, -1, -1, 'WITHSCORES')
@@ -190,7 +217,7 @@ redis.register_function{
 -- Reads the lock KEYS[1] without writing (usable with EVAL_RO/EVALSHA_RO and
 -- so with client-side caching) and replies {token, pttl}: the holder's token
 -- and its remaining PTTL in milliseconds (-1 if the key has no expiry), or
--- {nil, 0} when nobody holds it. RESP3 connections see the nil as false.
+-- {nil, 0} when nobody holds it (nil: a RESP2 nil, a RESP3 null).
 if #KEYS ~= 1 then
   return redis.error_reply('ERR wrong number of keys: want 1 (lock key)')
 end
@@ -280,43 +307,62 @@ end
 
 local holder = redis.call('GET', KEYS[1])
 local released = 0
-if holder == token then
-  released = 1
-elseif holder then
+if holder == token then released = 1 end
+-- The line's keys are created, kept alive and emptied together.
+if redis.call('EXISTS', L) == 0 then
+  if released == 1 then
+    redis.call('DEL', KEYS[1])
+  end
+  return {released, false, 0, 0}
+end
+-- Read every key this call may write before writing any, so that a key of
+-- the wrong type fails the call with nothing written (scripts are not
+-- rolled back).
+redis.call('ZSCORE', L, token)
+redis.call('ZSCORE', LD, token)
+redis.call('HGET', LA, token)
+if holder and released == 0 then
   leave(token)
   return {0, false, 0, 0}
-else
-  leave(token)
 end
+local f = redis.call('GET', KEYS[2])
+if f and f ~= '0' and not string.match(f, '^%-?[1-9]%d*$') then
+  return redis.error_reply('ERR fence key holds a value that is not an integer')
+end
+leave(token)
 -- The lock is free, or ours to give: does anyone wait?
-if redis.call('EXISTS', L) == 1 then
-  local tm = redis.call('TIME')
-  local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
-  local dead = redis.call('ZRANGEBYSCORE', LD, '-inf', now, 'LIMIT', 0, 64)
-  for i = 1, #dead do leave(dead[i]) end
-  for _ = 1, 64 do
-    local h = redis.call('ZRANGE', L, 0, 0)[1]
-    if not h then break end
-    local d = tonumber(redis.call('ZSCORE', LD, h))
-    local a = redis.call('HGET', LA, h)
-    if d and d > now and a then
-      local sp = string.find(a, ' ', 1, true)
-      local httl, hch = string.sub(a, 1, sp - 1), string.sub(a, sp + 1)
-      local fence = redis.pcall('INCR', KEYS[2])
-      if type(fence) == 'table' then return fence end
-      redis.call('SET', KEYS[1], h, 'PX', httl)
-      leave(h)
-      if hch ~= '' and hch ~= channel then
-        redis.call('PUBLISH', hch, string.format('%d', fence) .. ' ' .. httl .. ' ' .. h)
-      end
-      return {released, h, fence, tonumber(httl)}
-    end
+local tm = redis.call('TIME')
+local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
+local dead = redis.call('ZRANGEBYSCORE', LD, '-inf', now, 'LIMIT', 0, 64)
+for i = 1, #dead do leave(dead[i]) end
+for _ = 1, 64 do
+  local h = redis.call('ZRANGE', L, 0, 0)[1]
+  if not h then break end
+  local d = tonumber(redis.call('ZSCORE', LD, h))
+  local a = redis.call('HGET', LA, h)
+  if d and d > now and a then
+    local sp = string.find(a, ' ', 1, true)
+    local httl, hch = string.sub(a, 1, sp - 1), string.sub(a, sp + 1)
+    local fence = redis.call('INCR', KEYS[2])
+    redis.call('SET', KEYS[1], h, 'PX', httl)
     leave(h)
+    if hch ~= '' and hch ~= channel then
+      redis.call('PUBLISH', hch, string.format('%d', fence) .. ' ' .. httl .. ' ' .. h)
+    end
+    return {released, h, fence, tonumber(httl)}
   end
+  leave(h)
 end
 if released == 1 then
   redis.call('DEL', KEYS[1])
 end
 return {released, false, 0, 0}
   end,
+}
+
+-- klauthed_protocol: the protocol of the scripts above (scripts/README.md, "Versions").
+redis.register_function{
+  function_name = 'klauthed_protocol',
+  callback = function() return 2 end,
+  flags = {'no-writes'},
 }
