@@ -44,7 +44,7 @@ func (m *Manager) TryAcquire(ctx context.Context, key string, ttl time.Duration)
 	res, err := m.attempt(ctx, l, ttl, 0)
 	if err != nil {
 		if ctx.Err() != nil || isCtxErr(err) {
-			m.releaseLater(l)
+			m.releaseLater(l, ttl)
 		}
 		return nil, false, fmt.Errorf("lockredis: acquire %q: %w", key, m.mapErr(err))
 	}
@@ -272,17 +272,37 @@ func (m *Manager) acquireErr(ctx context.Context, key string, err error) error {
 // next in line.
 func (m *Manager) giveUp(w *waiter) {
 	m.unregister(w)
-	m.releaseLater(w.l)
+	m.releaseLater(w.l, w.ttl)
 }
 
 // releaseLater is undo in the background, for a caller that has already
-// returned. Close waits for it. It does nothing when CleanupTimeout is
-// negative.
-func (m *Manager) releaseLater(l *Lease) {
+// returned. While Redis is unreachable it tries again, with backoff, until
+// what it would free has lapsed anyway (the lease's ttl, the place's
+// LineTTL) or the Manager is closed; Close waits for the try in flight. It
+// does nothing when CleanupTimeout is negative.
+func (m *Manager) releaseLater(l *Lease, ttl time.Duration) {
 	if m.cleanup <= 0 {
 		return
 	}
-	m.goBackground(func() { m.undo(l) })
+	m.goBackground(func() {
+		until := time.Now().Add(max(ttl, m.lineTTL))
+		backoff := m.minBO
+		for {
+			err := m.undo(l)
+			_, isReply := rueidis.IsRedisErr(err)
+			if err == nil || isReply || time.Now().After(until) {
+				return // done, or refused for good, or moot
+			}
+			t := time.NewTimer(backoff)
+			select {
+			case <-t.C:
+			case <-m.ctx.Done():
+				t.Stop()
+				return
+			}
+			backoff = min(2*backoff, m.maxBO)
+		}
+	})
 }
 
 // undo runs the release script for l's token on a context of its own,
@@ -290,14 +310,15 @@ func (m *Manager) releaseLater(l *Lease) {
 // it frees the key if l holds it (handing it to the line's head) and takes
 // l out of the line if it waits there. It never frees another holder; on
 // failure the key ends at its TTL and the place after LineTTL.
-func (m *Manager) undo(l *Lease) {
+func (m *Manager) undo(l *Lease) error {
 	d := m.cleanup
 	if d <= 0 {
 		d = DefaultCleanupTimeout
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
-	_, _ = m.release(ctx, l, time.Now())
+	_, err := m.release(ctx, l, time.Now())
+	return err
 }
 
 // release runs the release script for l's token, and if the script handed

@@ -341,7 +341,7 @@ func (m *Manager) leaveLines(ls []*Lease) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			m.undo(l)
+			_ = m.undo(l)
 		}()
 	}
 	wg.Wait()

@@ -59,7 +59,7 @@ func (m *Manager) acquireReplicated(ctx context.Context, l *Lease, ttl, lineTTL 
 		return r, err
 	}
 	if err := m.notReplicated(wait); err != nil {
-		m.undo(l) // before returning: the caller is told it holds nothing
+		_ = m.undo(l) // before returning: the caller is told it holds nothing
 		return gen.AcquireResult{}, err
 	}
 	return r, nil
