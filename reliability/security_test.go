@@ -346,7 +346,8 @@ func handOff(ctx context.Context, e permEnv) error {
 //
 // SUBSCRIBE is the exception: without it waiters poll
 // (TestACL_noSubscribe_waitersPoll). Without evalsha_ro (or, after SCRIPT
-// FLUSH, eval_ro), lease watches cannot read the key; no call returns that. Without client|caching
+// FLUSH, eval_ro), lease watches cannot read the key; no call returns that
+// (TestACL_noEvalshaRO_leaseWatchStopsAsking). Without client|caching
 // rueidis reads the key anyway but Redis does not track it, so Lost
 // reports a loss only when Refresh finds it; no call returns that either.
 func TestACL_missingPermission_failsFastWithNOPERM(t *testing.T) {
@@ -447,6 +448,52 @@ func TestACL_missingPermission_failsFastWithNOPERM(t *testing.T) {
 			t.Fatalf("New without client|tracking = %v, want an error naming NOPERM", err)
 		}
 	})
+}
+
+// TestACL_noEvalshaRO_leaseWatchStopsAsking runs a lease watch (Lost) as a
+// user without evalsha_ro, the read the watch is made of. No call returns
+// the denial (the watch runs in the background), so what is asserted is
+// that the watch does not go on asking: Redis denies it a few times, not
+// once per MaxBackoff for as long as the lease is held.
+//
+// It fails today (about 25 denied reads a second per watched lease, for
+// as long as the lease lives): lockredis's watchLoop treats every error of
+// its read as "Redis unreachable for now" and retries with backoff capped at
+// MaxBackoff (50ms), so a permanent error reply (NOPERM) becomes a polling
+// loop, and the lease's Lost never fires. See the report of the
+// reliability branch.
+func TestACL_noEvalshaRO_leaseWatchStopsAsking(t *testing.T) {
+	var cmds []string
+	for _, c := range aclCommands {
+		if c != "+evalsha_ro" {
+			cmds = append(cmds, c)
+		}
+	}
+	s := redistest.Start(t)
+	setUser(t, s, "klauthed", "~"+lockredis.DefaultPrefix+"*", aclChannels, cmds)
+	m, err := aclManager(t, s, "klauthed")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := take(t, m, "k", time.Minute)
+	s.Cli(t, "ACL", "LOG", "RESET")
+	_ = l.(lock.Watcher).Lost()
+	time.Sleep(time.Second)
+	lines := strings.Split(s.Cli(t, "ACL", "LOG"), "\n")
+	denied := 0
+	for i := 0; i+1 < len(lines); i++ {
+		if strings.TrimSpace(lines[i]) == "count" {
+			n, _ := strconv.Atoi(strings.TrimSpace(lines[i+1]))
+			denied += n
+		}
+	}
+	if denied == 0 {
+		t.Fatal("setup: Redis denied nothing; the watch did not read the key")
+	}
+	if denied > 5 {
+		t.Errorf("Redis denied the lease watch's read %d times in 1s; want it to stop asking "+
+			"after a permanent denial (error reply), not to retry every MaxBackoff", denied)
+	}
 }
 
 // TestACL_noSubscribe_waitersPoll runs waiters as a user without
