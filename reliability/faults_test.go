@@ -2,7 +2,6 @@ package reliability
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -93,6 +92,7 @@ type client struct {
 	planned  time.Time
 	outcomes map[string]int
 	runHangs []string
+	losses   *lossCheck
 }
 
 func (c *client) setHolding(r *leaseRec, until time.Time) {
@@ -132,10 +132,11 @@ func (c *client) work(ctx context.Context, reg *fencedRegister, rng *rand.Rand) 
 					case <-pause.C:
 					}
 				}
-				if errors.Is(context.Cause(fctx), lock.ErrNotHeld) {
+				if cause := lostCause(fctx); cause != nil {
 					r.mu.Lock()
 					r.told = time.Now()
 					r.mu.Unlock()
+					c.losses.observe(r, cause)
 				}
 				return nil
 			})
@@ -192,6 +193,11 @@ func TestFaults(t *testing.T) {
 	toxi := newToxiServer()
 	h := newHistory()
 	reg := newRegister()
+	losses, err := newLossCheck(srv.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer losses.close()
 
 	clients := make([]*client, faultClients)
 	for i := range clients {
@@ -204,7 +210,8 @@ func TestFaults(t *testing.T) {
 			t.Fatalf("lockredis.New via proxy %s: %v", p.Listen, err)
 		}
 		t.Cleanup(func() { m.Close() })
-		clients[i] = &client{id: i, proxy: p, m: &recManager{m: m, client: i, h: h}, outcomes: map[string]int{}}
+		clients[i] = &client{id: i, proxy: p, m: &recManager{m: m, client: i, h: h},
+			outcomes: map[string]int{}, losses: losses}
 	}
 
 	ctx, stop := context.WithCancel(context.Background())
@@ -347,6 +354,7 @@ func TestFaults(t *testing.T) {
 	report("register order", v.outOfOrder)
 	report("untold stale writer", v.untold)
 	report("hang", v.hangs)
+	report("false loss", losses.falseList)
 	if v.porcupine != "ok" {
 		t.Errorf("porcupine: the acquisitions' fences are %s as a per-key counter", v.porcupine)
 	}
@@ -356,9 +364,15 @@ func TestFaults(t *testing.T) {
 
 	t.Logf("outcomes of lock.Run: %s; writes=%d rejected=%d stalled-holders-told=%d/%d porcupine=%s",
 		fmtCounts(outcomes), v.writes, v.rejected, v.stalledTold, v.stalled, v.porcupine)
-	figures = fmt.Sprintf("faults: clients=%d acquisitions=%d faults=%s violations=%d hangs=%d",
-		len(clients), len(h.leases), fmtCounts(faults, "latency", "bandwidth", "reset", "timeout", "blackhole", "restart", "scriptflush", "clientkill"),
-		v.violations(), len(v.hangs))
+	t.Logf("losses: real=%d false=%d unknown=%d (GET failed); expired on the local clock=%d, "+
+		"of which Redis still held %d (by design: see lossCheck)",
+		losses.real, losses.falses, losses.unknown, losses.expired, losses.expiredHeld)
+	faultOrder := []string{"latency", "bandwidth", "reset", "timeout", "blackhole", "restart",
+		"scriptflush", "clientkill"}
+	figures = fmt.Sprintf("faults: clients=%d acquisitions=%d faults=%s violations=%d hangs=%d "+
+		"losses=false:%d,real:%d,unknown:%d,expired:%d",
+		len(clients), len(h.leases), fmtCounts(faults, faultOrder...), v.violations(), len(v.hangs),
+		losses.falses, losses.real, losses.unknown, losses.expired)
 	t.Log(figures)
 }
 
