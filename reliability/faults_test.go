@@ -37,6 +37,8 @@ const (
 	// stallFor is how long CLIENT PAUSE, DEBUG SLEEP and SIGSTOP stop
 	// Redis: longer than faultTTL.
 	stallFor = 700 * time.Millisecond
+	// stealHold is how long the steal fault keeps a key from everyone.
+	stealHold = 300 * time.Millisecond
 )
 
 var faultKeys = []string{"alpha", "beta", "gamma"}
@@ -136,9 +138,11 @@ func (c *client) work(ctx context.Context, reg *fencedRegister, rng *rand.Rand) 
 		}
 		dl, _ := rctx.Deadline()
 		start := time.Now()
+		var held *leaseRec
 		err := lock.Run(rctx, c.m, key, lock.RunOptions{TTL: faultTTL, ReleaseTimeout: releaseTO},
 			func(fctx context.Context, l lock.Lease) error {
 				r := l.(*recLease).rec
+				held = r
 				end := time.Now().Add(hold)
 				c.setHolding(r, end)
 				defer c.setHolding(nil, time.Time{})
@@ -168,6 +172,14 @@ func (c *client) work(ctx context.Context, reg *fencedRegister, rng *rand.Rand) 
 		midWait := kind == "timeout" && errors.Is(err, context.Canceled) && ctx.Err() == nil
 		if midWait {
 			kind = "cancelled"
+		}
+		if kind == "lost" && held != nil {
+			held.mu.Lock()
+			told := !held.told.IsZero()
+			held.mu.Unlock()
+			if !told {
+				c.losses.unobserved() // reported after fn returned and Run released
+			}
 		}
 		c.mu.Lock()
 		c.outcomes[kind]++
@@ -360,6 +372,17 @@ func TestFaults(t *testing.T) {
 		}
 		calm()
 
+		// A real loss: the suite takes the key from a holder (CAS on its
+		// token) and keeps it for a while, so that no one else is granted
+		// it before the holder can be told. The holder's Lost must fire
+		// and its loss must be seen as real.
+		if stealFrom(t, srv, clients) {
+			faults["steal"]++
+		} else {
+			t.Errorf("round %d: no lease to steal within 3s", round)
+		}
+		calm()
+
 		// redis-server restarted (appendfsync always: keys and fences kept).
 		srv.Restart(t)
 		faults["restart"]++
@@ -519,9 +542,13 @@ func TestFaults(t *testing.T) {
 		queued, sampled, sampleFailed, handoffs, timedOut, leftPrompt, leftLate, killedConns, killedPubSub,
 		lineGone.Round(time.Millisecond))
 	t.Logf("losses: real=%d false=%d unknown=%d (GET failed); expired on the local clock=%d, "+
-		"of which Redis still held %d (by design: see lossCheck)",
-		losses.real, losses.falses, losses.unknown, losses.expired, losses.expiredHeld)
-	faultOrder := []string{"latency", "bandwidth", "reset", "timeout", "blackhole", "restart",
+		"of which Redis still held %d (by design: see lossCheck); reported after fn returned "+
+		"(not checked)=%d", losses.real, losses.falses, losses.unknown, losses.expired,
+		losses.expiredHeld, losses.late)
+	if losses.real < faults["steal"] {
+		t.Errorf("%d leases stolen but only %d real losses seen", faults["steal"], losses.real)
+	}
+	faultOrder := []string{"latency", "bandwidth", "reset", "timeout", "blackhole", "steal", "restart",
 		"scriptflush", "clientkill", "waiterkill", "pause", "debugsleep", "sigstop"}
 	faults["cancelled"] = outcomes["cancelled"]
 	figures = fmt.Sprintf("faults: clients=%d acquisitions=%d queued=%d handoffs=%d faults=%s "+
@@ -530,6 +557,38 @@ func TestFaults(t *testing.T) {
 		v.violations(), len(v.hangs), len(starving),
 		losses.falses, losses.real, losses.unknown, losses.expired)
 	t.Log(figures)
+}
+
+// stealFrom takes the key of a lease some client holds with work left: it
+// sets the key, if it still holds that lease's token, to another value for
+// stealHold, and marks the lease stolen. It reports whether it stole one
+// within 3s.
+func stealFrom(t *testing.T, srv *redistest.Server, clients []*client) bool {
+	t.Helper()
+	const cas = `if redis.call('GET', KEYS[1]) == ARGV[1] then ` +
+		`return redis.call('SET', KEYS[1], 'stolen', 'PX', ARGV[2]) end return 'no'`
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, c := range clients {
+			c.mu.Lock()
+			r, until := c.holding, c.planned
+			c.mu.Unlock()
+			if r == nil || time.Until(until) < 100*time.Millisecond {
+				continue
+			}
+			at := time.Now()
+			ms := strconv.Itoa(int(stealHold / time.Millisecond))
+			key := lockredis.LockKey(lockredis.DefaultPrefix, r.key)
+			if srv.Cli(t, "EVAL", cas, "1", key, string(r.token), ms) == "OK" {
+				r.mu.Lock()
+				r.stolen = at
+				r.mu.Unlock()
+				return true
+			}
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return false
 }
 
 // waitForHolder returns a client that holds a lease whose critical section

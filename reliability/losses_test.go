@@ -45,7 +45,16 @@ type lossCheck struct {
 	mu                    sync.Mutex
 	real, falses, unknown int
 	expired, expiredHeld  int
+	late                  int
 	falseList             []string
+}
+
+// unobserved counts a loss lock.Run reported after fn had returned: Run
+// released the key before anyone could look, so it is not classified.
+func (lc *lossCheck) unobserved() {
+	lc.mu.Lock()
+	lc.late++
+	lc.mu.Unlock()
 }
 
 func newLossCheck(addr string) (*lossCheck, error) {
