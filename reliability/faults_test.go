@@ -518,14 +518,15 @@ func TestFaults(t *testing.T) {
 			handoffs++
 		}
 	}
-	leftPrompt, leftLate, sampled, sampleFailed := lw.left["prompt"], lw.left["late"], lw.sampled, lw.failed
+	leftPrompt, leftLate := lw.left["prompt"], lw.left["late"]
+	sampled, sampleFailed := lw.sampled, lw.failed
 	lw.mu.Unlock()
 	if killedPubSub == 0 {
 		t.Errorf("CLIENT KILL of the hot clients killed no Pub/Sub connection (%d in all)", killedConns)
 	}
 	if handoffs < 20 {
-		t.Errorf("only %d acquisitions were seen queued before they got the key; the line was not exercised",
-			handoffs)
+		t.Errorf("only %d acquisitions were seen queued before they got the key; "+
+			"the line was not exercised", handoffs)
 	}
 	if v.porcupine != "ok" {
 		t.Errorf("porcupine: the acquisitions' fences are %s as a per-key counter", v.porcupine)
@@ -536,11 +537,12 @@ func TestFaults(t *testing.T) {
 
 	t.Logf("outcomes of lock.Run: %s; writes=%d rejected=%d stalled-holders-told=%d/%d porcupine=%s",
 		fmtCounts(outcomes), v.writes, v.rejected, v.stalledTold, v.stalled, v.porcupine)
-	t.Logf("hot key: %d waits seen queued (%d line samples, %d failed), %d got the key after queueing, "+
+	t.Logf("hot key: %d waits seen queued (%d line samples, %d failed), "+
+		"%d got the key after queueing, "+
 		"%d timed out (none starved), cancelled waiters left the line promptly %d / late %d; "+
 		"waiter connections killed %d (Pub/Sub %d); lines empty %v after the stop",
-		queued, sampled, sampleFailed, handoffs, timedOut, leftPrompt, leftLate, killedConns, killedPubSub,
-		lineGone.Round(time.Millisecond))
+		queued, sampled, sampleFailed, handoffs, timedOut, leftPrompt, leftLate,
+		killedConns, killedPubSub, lineGone.Round(time.Millisecond))
 	t.Logf("losses: real=%d false=%d unknown=%d (GET failed); expired on the local clock=%d, "+
 		"of which Redis still held %d (by design: see lossCheck); reported after fn returned "+
 		"(not checked)=%d", losses.real, losses.falses, losses.unknown, losses.expired,
