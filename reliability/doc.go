@@ -13,6 +13,11 @@
 //
 //	cd reliability && go test -race -run TestFaults -v .
 //
-// Its last output line is the figures line; RELIABILITY_ROUNDS (default 3)
-// sets how many rounds of every fault kind it injects.
+// Its last output line is the figures line: clients, acquisitions, waits
+// seen queued in the hot key's line and hand-offs to them, faults by kind,
+// violations of the history checks, hangs, starved waiters, and losses
+// (false: reported while Redis still held the token, which fails the run;
+// real; unknown: Redis could not be asked; expired: decided on the local
+// clock). RELIABILITY_ROUNDS (default 3) sets how many rounds of every
+// fault kind it injects.
 package reliability

@@ -35,6 +35,7 @@ type leaseRec struct {
 	release   *callRec
 	writes    []writeRec
 	told      time.Time // fn saw its context cancelled with ErrNotHeld
+	stolen    time.Time // the suite took the key from this lease (steal fault)
 }
 
 // callRec is one Refresh or Release call.
@@ -227,7 +228,8 @@ type interval struct {
 //     the key was held from end until at least start+ttl;
 //   - nothing but our own Release deletes it (the suite injects no FLUSHALL,
 //     and runs Redis with appendfsync always so a restart keeps the keys), so
-//     every span is cut at the start of the Release.
+//     every span is cut at the start of the Release, or where the suite
+//     took the key from the lease on purpose (the steal fault).
 //
 // Spans that come out empty (a long wait, a slow reply) are dropped. These
 // are lower bounds of the server's view: a lease may have held longer (the
@@ -238,6 +240,9 @@ func heldIntervals(r *leaseRec) []interval {
 	cut := time.Time{}
 	if r.release != nil {
 		cut = r.release.start
+	}
+	if !r.stolen.IsZero() && (cut.IsZero() || r.stolen.Before(cut)) {
+		cut = r.stolen
 	}
 	var out []interval
 	add := func(s, e time.Time) {

@@ -17,6 +17,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -89,9 +90,9 @@ func TestToken_noRepeatsOverAMillionDraws(t *testing.T) {
 	}
 }
 
-// aclCommands are the commands lockredis (with client-side caching) and
-// rueidis need, found by running every operation as a user with -@all
-// and adding what ACL LOG reported missing:
+// aclCommands are the commands lockredis (with client-side caching and
+// waiting over Pub/Sub) and rueidis need, found by running every operation
+// as a user with -@all and adding what ACL LOG reported missing:
 //
 //   - hello, ping: rueidis's handshake (HELLO 3 AUTH ...) and health checks;
 //   - cluster|slots: rueidis.NewClient asks it on connect to tell Redis
@@ -103,24 +104,48 @@ func TestToken_noRepeatsOverAMillionDraws(t *testing.T) {
 //     library name and version on connect and ignores a refusal; Redis
 //     7.0, which these tests run, has no such subcommand);
 //   - evalsha, eval: acquire, refresh, release, and the NOSCRIPT fallback;
-//   - evalsha_ro, eval_ro: the read-only inspect used by waiters and
-//     lease watches;
-//   - get, set, del, pexpire, pttl, incr: what the scripts call inside
-//     (Redis checks a script's commands against the user's ACL too; a
-//     user could run each of them directly on the prefix's keys, so the
-//     scripts do not stand guard over the lock's invariants against this
-//     user — give the lock's user to the lock only).
+//   - evalsha_ro, eval_ro: the read-only inspect of lease watches
+//     (Lease.Lost);
+//   - subscribe: each Manager subscribes, on a connection of its own, to
+//     its hand-off channel; without it waiters poll (see
+//     TestACL_noSubscribe_waitersPoll);
+//   - get, set, del, pexpire, pttl, incr, exists, time, zadd, zrem, zrange,
+//     zrangebyscore, zscore, zrank, hset, hget, hdel, publish: what the
+//     scripts call inside (Redis checks a script's commands against the
+//     user's ACL too; a user could run each of them directly on the
+//     prefix's keys, so the scripts do not stand guard over the lock's
+//     invariants against this user — give the lock's user to the lock
+//     only).
+//
+// Besides commands the user needs the keys under the prefix (~klauthed:*)
+// and the hand-off channels under it (aclChannels): a release script
+// publishes on the channel of the waiter it hands the key to, and each
+// Manager subscribes to its own.
 var aclCommands = []string{
 	"+hello", "+ping", "+cluster|slots", "+client|tracking", "+client|caching",
-	"+evalsha", "+eval", "+evalsha_ro", "+eval_ro",
+	"+evalsha", "+eval", "+evalsha_ro", "+eval_ro", "+subscribe",
 	"+get", "+set", "+del", "+pexpire", "+pttl", "+incr",
+	"+exists", "+time", "+zadd", "+zrem", "+zrange", "+zrangebyscore", "+zscore", "+zrank",
+	"+hset", "+hget", "+hdel", "+publish",
 }
 
-// setUser creates ACL user name with password "pw", key pattern keys and
-// the given command rules, after resetting everything.
-func setUser(t *testing.T, s *redistest.Server, name, keys string, cmds []string) {
+// aclChannels is the Pub/Sub channel rule of the minimal user: every
+// Manager's hand-off channel is its prefix followed by "wake:" and a random
+// id. A narrower rule is not possible (a release publishes to the channels
+// of other processes' Managers); a user with a custom Prefix needs
+// "&"+Prefix+"wake:*".
+const aclChannels = "&" + lockredis.DefaultPrefix + "wake:*"
+
+// setUser creates ACL user name with password "pw", key pattern keys,
+// channel pattern chans ("" for none) and the given command rules, after
+// resetting everything.
+func setUser(t *testing.T, s *redistest.Server, name, keys, chans string, cmds []string) {
 	t.Helper()
-	args := append([]string{"ACL", "SETUSER", name, "reset", "on", ">pw", keys, "resetchannels", "-@all"}, cmds...)
+	args := []string{"ACL", "SETUSER", name, "reset", "on", ">pw", keys, "resetchannels"}
+	if chans != "" {
+		args = append(args, chans)
+	}
+	args = append(append(args, "-@all"), cmds...)
 	if got := s.Cli(t, args...); got != "OK" {
 		t.Fatalf("ACL SETUSER = %q", got)
 	}
@@ -140,9 +165,10 @@ func aclManager(t *testing.T, s *redistest.Server, user string) (*lockredis.Mana
 	return m, err
 }
 
-// exercise runs every kind of call lockredis makes: a TryAcquire, a waiter
-// woken by another Manager's release (cached inspect), Refresh, a lease
-// watch (lock.Run), Release.
+// exercise runs every kind of call lockredis makes: a TryAcquire, Refresh,
+// a waiter in line handed the key by another Manager's release (over
+// Pub/Sub), a waiter whose context ends in line (it leaves the line), a
+// lease watch (lock.Run), Release.
 func exercise(t *testing.T, a, b *lockredis.Manager) {
 	t.Helper()
 	c := ctxT(t)
@@ -158,14 +184,20 @@ func exercise(t *testing.T, a, b *lockredis.Manager) {
 		}
 		got <- err
 	}()
-	time.Sleep(50 * time.Millisecond)
+	// A second waiter that gives up while in line.
+	gctx, giveUp := context.WithTimeout(c, 300*time.Millisecond)
+	defer giveUp()
+	if _, err := a.Acquire(gctx, "acl", time.Minute); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Acquire that gives up in line = %v, want its deadline", err)
+	}
 	if err := l.Release(c); err != nil {
 		t.Fatalf("Release = %v", err)
 	}
 	if err := <-got; err != nil {
 		t.Fatalf("waiter = %v", err)
 	}
-	err := lock.Run(c, a, "acl", lock.RunOptions{TTL: time.Second}, func(ctx context.Context, _ lock.Lease) error {
+	opts := lock.RunOptions{TTL: time.Second}
+	err := lock.Run(c, a, "acl", opts, func(ctx context.Context, _ lock.Lease) error {
 		time.Sleep(50 * time.Millisecond)
 		return ctx.Err()
 	})
@@ -175,11 +207,11 @@ func exercise(t *testing.T, a, b *lockredis.Manager) {
 }
 
 // TestACL_minimalUser_worksEndToEnd runs lockredis as an ACL user allowed
-// only aclCommands on only the keys under the default prefix, and checks
-// that Redis logged no denied command while it did.
+// only aclCommands on only the keys and channels under the default prefix,
+// and checks that Redis logged no denied command while it did.
 func TestACL_minimalUser_worksEndToEnd(t *testing.T) {
 	s := redistest.Start(t)
-	setUser(t, s, "klauthed", "~"+lockredis.DefaultPrefix+"*", aclCommands)
+	setUser(t, s, "klauthed", "~"+lockredis.DefaultPrefix+"*", aclChannels, aclCommands)
 	s.Cli(t, "ACL", "LOG", "RESET")
 	a, err := aclManager(t, s, "klauthed")
 	if err != nil {
@@ -193,12 +225,131 @@ func TestACL_minimalUser_worksEndToEnd(t *testing.T) {
 	if log := s.Cli(t, "ACL", "LOG"); log != "" {
 		t.Errorf("Redis denied commands to the minimal user:\n%s", log)
 	}
+	// Both Managers were subscribed: hand-offs reached them as pushes.
+	chans := strings.Fields(s.Cli(t, "PUBSUB", "CHANNELS", lockredis.DefaultPrefix+"wake:*"))
+	if len(chans) != 2 {
+		t.Errorf("hand-off channels subscribed: %q, want one per Manager", chans)
+	}
+}
+
+// aclDenied returns the objects (command, key or channel names) of the
+// entries in s's ACL LOG, newest first.
+func aclDenied(t *testing.T, s *redistest.Server) []string {
+	t.Helper()
+	lines := strings.Split(s.Cli(t, "ACL", "LOG"), "\n")
+	var out []string
+	for i := 0; i+1 < len(lines); i++ {
+		if strings.TrimSpace(lines[i]) == "object" {
+			out = append(out, strings.TrimSpace(lines[i+1]))
+		}
+	}
+	return out
+}
+
+// lineLen returns the number of waiters in key's line (default prefix).
+func lineLen(t *testing.T, s *redistest.Server, key string) int {
+	t.Helper()
+	n, err := strconv.Atoi(s.Cli(t, "ZCARD", lockredis.LockKey(lockredis.DefaultPrefix, key)+":line"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// waitInLine waits until key's line has n waiters.
+func waitInLine(t *testing.T, s *redistest.Server, key string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for lineLen(t, s, key) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("key %q: fewer than %d waiters in line after 5s", key, n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// permEnv is where a permCall runs: the server, and two Managers of the
+// user under test (other where a second process is needed).
+type permEnv struct {
+	t        *testing.T
+	s        *redistest.Server
+	m, other *lockredis.Manager
+}
+
+// permCall is a call that needs one permission.
+type permCall func(ctx context.Context, e permEnv) error
+
+// tryFree is TryAcquire of a free key: the acquire script's fast path.
+func tryFree(ctx context.Context, e permEnv) error {
+	_, _, err := e.m.TryAcquire(ctx, "k", time.Minute)
+	return err
+}
+
+// joinLine is an Acquire of a held key: its first attempt joins the line.
+func joinLine(ctx context.Context, e permEnv) error {
+	if _, ok, err := e.m.TryAcquire(ctx, "k", time.Minute); err != nil || !ok {
+		return fmt.Errorf("setup: first TryAcquire = %v, %v", ok, err)
+	}
+	_, err := e.m.Acquire(ctx, "k", time.Minute)
+	return err
+}
+
+// releaseFree is the Release of a key nobody waits for: DEL.
+func releaseFree(ctx context.Context, e permEnv) error {
+	l, ok, err := e.m.TryAcquire(ctx, "k", time.Minute)
+	if err != nil || !ok {
+		return fmt.Errorf("setup: first TryAcquire = %v, %v", ok, err)
+	}
+	return l.Release(ctx)
+}
+
+// afterScriptFlush is a TryAcquire after SCRIPT FLUSH: EVALSHA meets
+// NOSCRIPT and the wrapper falls back to EVAL.
+func afterScriptFlush(ctx context.Context, e permEnv) error {
+	if got := e.s.Cli(e.t, "SCRIPT", "FLUSH"); got != "OK" {
+		e.t.Fatalf("SCRIPT FLUSH = %q", got)
+	}
+	return tryFree(ctx, e)
+}
+
+// handOff is the Release of a key another Manager waits for in line: the
+// release script takes the waiter out of the line, hands it the key and
+// publishes on its channel.
+func handOff(ctx context.Context, e permEnv) error {
+	l, ok, err := e.m.TryAcquire(ctx, "k", time.Minute)
+	if err != nil || !ok {
+		return fmt.Errorf("setup: first TryAcquire = %v, %v", ok, err)
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	waited := make(chan struct{})
+	go func() {
+		defer close(waited)
+		if w, err := e.other.Acquire(wctx, "k", time.Minute); err == nil {
+			_ = w.Release(context.Background())
+		}
+	}()
+	defer func() { cancel(); <-waited }()
+	waitInLine(e.t, e.s, "k", 1)
+	e.s.Cli(e.t, "ACL", "LOG", "RESET") // only the release's denials count
+	return l.Release(ctx)
 }
 
 // TestACL_missingPermission_failsFastWithNOPERM removes one permission at a
-// time and checks that the call that needs it returns an error naming
-// NOPERM well within its context's deadline, instead of hanging or
-// reporting contention.
+// time and checks that the call that needs it returns Redis's denial (an
+// error reply: NOPERM, or, inside a script, "The user executing the script
+// can't ...") well within its context's deadline, instead of hanging or
+// reporting contention, and that Redis logged the denial of that very
+// command, key or channel. A command denied inside a script aborts the
+// script after the writes it made (Redis has no rollback), so a user
+// missing one of them can leave a key's line half updated: the minimal
+// user needs every command of aclCommands.
+//
+// SUBSCRIBE is the exception: without it waiters poll
+// (TestACL_noSubscribe_waitersPoll). Without evalsha_ro (or, after SCRIPT
+// FLUSH, eval_ro), lease watches cannot read the key; no call returns that
+// (TestACL_noEvalshaRO_leaseWatchStopsAsking). Without client|caching
+// rueidis reads the key anyway but Redis does not track it, so Lost
+// reports a loss only when Refresh finds it; no call returns that either.
 func TestACL_missingPermission_failsFastWithNOPERM(t *testing.T) {
 	without := func(drop string) []string {
 		var out []string
@@ -209,59 +360,79 @@ func TestACL_missingPermission_failsFastWithNOPERM(t *testing.T) {
 		}
 		return out
 	}
-	cases := []struct {
-		name string
-		keys string
-		cmds []string
-		// call makes the call that needs the missing permission.
-		call func(ctx context.Context, m *lockredis.Manager) error
+	keys := "~" + lockredis.DefaultPrefix + "*"
+	type permCase struct {
+		name        string
+		keys, chans string
+		cmds        []string
+		call        permCall
+		denied      string // the ACL LOG object: command, key or channel prefix
+	}
+	cases := []permCase{
+		{name: "keyPatternExcludesPrefix", keys: "~other:*", chans: aclChannels, cmds: aclCommands,
+			call: tryFree, denied: lockredis.LockKey(lockredis.DefaultPrefix, "k")},
+		{name: "noEvalsha", keys: keys, chans: aclChannels, cmds: without("+evalsha"),
+			call: tryFree, denied: "evalsha"},
+		{
+			// Without channel rules the release cannot publish the
+			// hand-off to a waiter of another Manager.
+			name: "noChannels", keys: keys, cmds: aclCommands,
+			call: handOff, denied: lockredis.DefaultPrefix + "wake:",
+		},
+	}
+	// Commands the scripts call inside, each with the call that meets it
+	// first.
+	for _, c := range []struct {
+		cmd  string
+		call permCall
 	}{
-		{
-			name: "keyPatternExcludesPrefix", keys: "~other:*", cmds: aclCommands,
-			call: func(ctx context.Context, m *lockredis.Manager) error {
-				_, _, err := m.TryAcquire(ctx, "k", time.Minute)
-				return err
-			},
-		},
-		{
-			name: "noEvalsha", keys: "~" + lockredis.DefaultPrefix + "*", cmds: without("+evalsha"),
-			call: func(ctx context.Context, m *lockredis.Manager) error {
-				_, _, err := m.TryAcquire(ctx, "k", time.Minute)
-				return err
-			},
-		},
-		{
-			// A waiter needs the read-only inspect to sleep until the
-			// release.
-			name: "noEvalshaRO", keys: "~" + lockredis.DefaultPrefix + "*", cmds: without("+evalsha_ro"),
-			call: func(ctx context.Context, m *lockredis.Manager) error {
-				if _, ok, err := m.TryAcquire(ctx, "k", time.Minute); err != nil || !ok {
-					return fmt.Errorf("setup: first TryAcquire = %v, %v", ok, err)
-				}
-				_, err := m.Acquire(ctx, "k", time.Minute)
-				return err
-			},
-		},
+		{"eval", afterScriptFlush}, {"del", releaseFree},
+		{"get", tryFree}, {"exists", tryFree}, {"incr", tryFree}, {"set", tryFree},
+		{"pttl", joinLine}, {"time", joinLine}, {"zrangebyscore", joinLine},
+		{"zscore", joinLine}, {"zrange", joinLine}, {"zadd", joinLine}, {"hset", joinLine},
+		{"pexpire", joinLine}, {"zrank", joinLine},
+		{"hget", handOff}, {"zrem", handOff}, {"hdel", handOff}, {"publish", handOff},
+	} {
+		cases = append(cases, permCase{name: "no_" + c.cmd, keys: keys, chans: aclChannels,
+			cmds: without("+" + c.cmd), call: c.call, denied: c.cmd})
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			s := redistest.Start(t)
-			setUser(t, s, "klauthed", tc.keys, tc.cmds)
+			setUser(t, s, "klauthed", tc.keys, tc.chans, tc.cmds)
 			m, err := aclManager(t, s, "klauthed")
 			if err != nil {
 				t.Fatalf("New: %v", err)
 			}
+			other, err := aclManager(t, s, "klauthed")
+			if err != nil {
+				t.Fatalf("New: %v", err)
+			}
+			s.Cli(t, "ACL", "LOG", "RESET")
 			const bound = 10 * time.Second
 			ctx, cancel := context.WithTimeout(context.Background(), bound)
 			defer cancel()
 			start := time.Now()
-			err = tc.call(ctx, m)
+			err = tc.call(ctx, permEnv{t: t, s: s, m: m, other: other})
 			took := time.Since(start)
-			if err == nil || !strings.Contains(err.Error(), "NOPERM") {
-				t.Fatalf("call without the permission = %v, want an error naming NOPERM", err)
+			var re *rueidis.RedisError
+			if !errors.As(err, &re) ||
+				!(strings.Contains(err.Error(), "NOPERM") ||
+					strings.Contains(err.Error(), "user executing the script can't")) {
+				t.Fatalf("call without the permission = %v, want Redis's denial", err)
 			}
 			if errors.Is(err, context.DeadlineExceeded) || took > bound/2 {
-				t.Fatalf("call without the permission took %v (%v); want a prompt NOPERM, not a wait for the deadline", took, err)
+				t.Fatalf("call without the permission took %v (%v); "+
+					"want a prompt denial, not a wait for the deadline", took, err)
+			}
+			denied := aclDenied(t, s)
+			found := false
+			for _, o := range denied {
+				prefix := strings.HasSuffix(tc.denied, ":") && strings.HasPrefix(o, tc.denied)
+				found = found || o == tc.denied || prefix
+			}
+			if !found {
+				t.Fatalf("ACL LOG denied %q, want %q among them", denied, tc.denied)
 			}
 			t.Logf("%s: %v (after %v)", tc.name, err, took.Round(time.Millisecond))
 		})
@@ -271,12 +442,134 @@ func TestACL_missingPermission_failsFastWithNOPERM(t *testing.T) {
 		// Without CLIENT TRACKING the connection handshake fails: New
 		// reports it at once.
 		s := redistest.Start(t)
-		setUser(t, s, "klauthed", "~"+lockredis.DefaultPrefix+"*", without("+client|tracking"))
+		setUser(t, s, "klauthed", keys, aclChannels, without("+client|tracking"))
 		_, err := aclManager(t, s, "klauthed")
 		if err == nil || !strings.Contains(err.Error(), "NOPERM") {
 			t.Fatalf("New without client|tracking = %v, want an error naming NOPERM", err)
 		}
 	})
+}
+
+// TestACL_noEvalshaRO_leaseWatchStopsAsking runs a lease watch (Lost) as a
+// user without evalsha_ro, the read the watch is made of. No call returns
+// the denial (the watch runs in the background), so what is asserted is
+// that the watch does not go on asking: Redis denies it a few times, not
+// once per MaxBackoff for as long as the lease is held.
+//
+// It fails today (about 25 denied reads a second per watched lease, for
+// as long as the lease lives): lockredis's watchLoop treats every error of
+// its read as "Redis unreachable for now" and retries with backoff capped at
+// MaxBackoff (50ms), so a permanent error reply (NOPERM) becomes a polling
+// loop, and the lease's Lost never fires. See the report of the
+// reliability branch.
+func TestACL_noEvalshaRO_leaseWatchStopsAsking(t *testing.T) {
+	var cmds []string
+	for _, c := range aclCommands {
+		if c != "+evalsha_ro" {
+			cmds = append(cmds, c)
+		}
+	}
+	s := redistest.Start(t)
+	setUser(t, s, "klauthed", "~"+lockredis.DefaultPrefix+"*", aclChannels, cmds)
+	m, err := aclManager(t, s, "klauthed")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := take(t, m, "k", time.Minute)
+	s.Cli(t, "ACL", "LOG", "RESET")
+	_ = l.(lock.Watcher).Lost()
+	time.Sleep(time.Second)
+	lines := strings.Split(s.Cli(t, "ACL", "LOG"), "\n")
+	denied := 0
+	for i := 0; i+1 < len(lines); i++ {
+		if strings.TrimSpace(lines[i]) == "count" {
+			n, _ := strconv.Atoi(strings.TrimSpace(lines[i+1]))
+			denied += n
+		}
+	}
+	if denied == 0 {
+		t.Fatal("setup: Redis denied nothing; the watch did not read the key")
+	}
+	if denied > 5 {
+		t.Errorf("Redis denied the lease watch's read %d times in 1s; want it to stop asking "+
+			"after a permanent denial (error reply), not to retry every MaxBackoff", denied)
+	}
+}
+
+// TestACL_noSubscribe_waitersPoll runs waiters as a user without
+// SUBSCRIBE: Redis refuses the Manager's subscription (logged in ACL LOG,
+// and no channel is subscribed), and waiting still works, by polling: each
+// of a line of waiters of another Manager gets the key, in turn, promptly
+// after the holder before it releases.
+func TestACL_noSubscribe_waitersPoll(t *testing.T) {
+	var cmds []string
+	for _, c := range aclCommands {
+		if c != "+subscribe" {
+			cmds = append(cmds, c)
+		}
+	}
+	s := redistest.Start(t)
+	setUser(t, s, "klauthed", "~"+lockredis.DefaultPrefix+"*", aclChannels, cmds)
+	s.Cli(t, "ACL", "LOG", "RESET")
+	holder, err := aclManager(t, s, "klauthed")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waiters, err := aclManager(t, s, "klauthed")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := ctxT(t)
+	l := take(t, holder, "k", time.Minute)
+	const n = 3
+	got := make(chan lock.Lease, n)
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		go func() {
+			w, err := waiters.Acquire(c, "k", time.Minute)
+			if err != nil {
+				errs <- err
+				return
+			}
+			got <- w
+		}()
+		waitInLine(t, s, "k", i+1)
+	}
+	// Both Managers' subscriptions were refused by now.
+	deadline := time.Now().Add(5 * time.Second)
+	for !slices.Contains(aclDenied(t, s), "subscribe") {
+		if time.Now().After(deadline) {
+			t.Fatalf("ACL LOG never denied subscribe: %q", aclDenied(t, s))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if chans := s.Cli(t, "PUBSUB", "CHANNELS", "*"); chans != "" {
+		t.Fatalf("subscribed channels %q, want none", chans)
+	}
+	prev := l
+	for i := 0; i < n; i++ {
+		start := time.Now()
+		if err := prev.Release(c); err != nil {
+			t.Fatalf("Release = %v", err)
+		}
+		select {
+		case w := <-got:
+			if took := time.Since(start); took > time.Second {
+				t.Errorf("waiter %d got the key %v after the release; want about a poll's delay", i, took)
+			}
+			if w.Fence() != prev.Fence()+1 {
+				t.Errorf("waiter %d got fence %d, want %d", i, w.Fence(), prev.Fence()+1)
+			}
+			prev = w
+		case err := <-errs:
+			t.Fatalf("waiter = %v", err)
+		case <-time.After(5 * time.Second):
+			t.Fatalf("waiter %d not served within 5s of the release", i)
+		}
+	}
+	if err := prev.Release(c); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // tlsFiles writes a fresh CA and a server certificate for 127.0.0.1 signed
