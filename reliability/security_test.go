@@ -390,8 +390,8 @@ func TestACL_missingPermission_failsFastWithNOPERM(t *testing.T) {
 		{"get", tryFree}, {"exists", tryFree}, {"incr", tryFree}, {"set", tryFree},
 		{"pttl", joinLine}, {"time", joinLine}, {"zrangebyscore", joinLine},
 		{"zscore", joinLine}, {"zrange", joinLine}, {"zadd", joinLine}, {"hset", joinLine},
-		{"pexpire", joinLine}, {"zrank", joinLine},
-		{"hget", handOff}, {"zrem", handOff}, {"hdel", handOff}, {"publish", handOff},
+		{"pexpire", joinLine}, {"zrank", joinLine}, {"hget", joinLine},
+		{"zrem", handOff}, {"hdel", handOff}, {"publish", handOff},
 	} {
 		cases = append(cases, permCase{name: "no_" + c.cmd, keys: keys, chans: aclChannels,
 			cmds: without("+" + c.cmd), call: c.call, denied: c.cmd})
