@@ -360,7 +360,7 @@ func TestFaults(t *testing.T) {
 
 		// The stalled holder: a client holding a lease with long work left
 		// is cut off (nothing passes, nothing is closed) for three TTLs.
-		if c, r := waitForHolder(clients, 3*time.Second); c != nil {
+		if c, r := waitForHolder(clients, 8*time.Second); c != nil {
 			addToxic(t, c.proxy, `{"type":"timeout","stream":"upstream","attributes":{"timeout":0}}`)
 			addToxic(t, c.proxy, `{"type":"timeout","stream":"downstream","attributes":{"timeout":0}}`)
 			faults["blackhole"]++
@@ -368,7 +368,7 @@ func TestFaults(t *testing.T) {
 			time.Sleep(3 * faultTTL)
 			heal(t, c.proxy, true)
 		} else {
-			t.Errorf("round %d: no client held a lease with %v of work left within 3s; stalled holder not tested", round, 2*faultTTL)
+			t.Errorf("round %d: no client held a lease with %v of work left within 8s; stalled holder not tested", round, 2*faultTTL)
 		}
 		calm()
 
