@@ -98,12 +98,16 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		if code == exitOK {
 			code = exitErr
 		}
+		if code == exitUsage {
+			fmt.Fprintln(stderr, "Run 'lockctl --help' for usage.")
+		}
 	}
 	return code
 }
 
 // run connects and runs the parsed subcommand.
-func (inv *invocation) run(ctx context.Context, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
+func (inv *invocation) run(ctx context.Context, stdin io.Reader,
+	stdout, stderr io.Writer) (int, error) {
 	cfg := &inv.cfg
 	opt, err := cfg.clientOption()
 	if err != nil {
