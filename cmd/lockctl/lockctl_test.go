@@ -572,7 +572,7 @@ func TestErrors_acl(t *testing.T) {
 	e := start(t)
 	// ops may connect and read but not GET or SCAN.
 	e.s.Cli(t, "ACL", "SETUSER", "ops", "reset", "on", ">pw", "~klauthed:*", "-@all",
-		"+hello", "+ping", "+pttl", "+zcard", "+zrange")
+		"+hello", "+ping", "+multi", "+exec", "+pttl", "+zcard", "+zrange")
 	r := e.lockctl(t, "--user", "ops", "--pass", "pw", "inspect", "k")
 	wantCode(t, r, exitErr)
 	if !strings.HasPrefix(r.stderr, `lockctl: the Redis user "ops" may not run GET: NOPERM`) {

@@ -94,40 +94,82 @@ func (r *reader) do(ctx context.Context, cmds ...rueidis.Cacheable) []rueidis.Re
 func (r *reader) read(ctx context.Context, key string) (state, error) {
 	n := keyNames(r.cfg.prefix, key)
 	b := r.c.B()
-	st := state{Key: key, Name: n.lock, Line: []waiter{}, sent: time.Now()}
-	res := r.do(ctx,
-		b.Get().Key(n.lock).Cache(),
-		b.Pttl().Key(n.lock).Cache(),
-		b.Get().Key(n.fence).Cache(),
-		b.Zcard().Key(n.line).Cache(),
-		b.Zrange().Key(n.line).Min("0").Max(strconv.Itoa(lineMax-1)).Withscores().Cache(),
-	)
+	st := state{Key: key, Name: n.lock, Line: []waiter{}}
+	// rueidis recycles a command once it ran: build afresh for each use.
+	snap := func() []rueidis.Cacheable {
+		return []rueidis.Cacheable{
+			b.Get().Key(n.lock).Cache(),
+			b.Pttl().Key(n.lock).Cache(),
+			b.Get().Key(n.fence).Cache(),
+			b.Zcard().Key(n.line).Cache(),
+			b.Zrange().Key(n.line).Min("0").Max(strconv.Itoa(lineMax - 1)).Withscores().Cache(),
+		}
+	}
 	cmdNames := []string{"GET", "PTTL", "GET", "ZCARD", "ZRANGE"}
 	keysOf := []string{n.lock, n.lock, n.fence, n.line, n.line}
-	for i, x := range res {
-		if err := x.Error(); err != nil && !rueidis.IsRedisNil(err) {
-			return st, r.wrap(ctx, key, keysOf[i], cmdNames[i], err)
+	check := func(i int, err error) error {
+		if err != nil && !rueidis.IsRedisNil(err) {
+			return r.wrap(ctx, key, keysOf[i], cmdNames[i], err)
+		}
+		return nil
+	}
+	if r.cached {
+		// Arm the invalidations: any change after this read is pushed.
+		for i, x := range r.do(ctx, snap()...) {
+			if err := check(i, x.Error()); err != nil {
+				return st, err
+			}
 		}
 	}
-	if v, err := res[0].ToString(); err == nil {
-		if why := tokenProblem(v); why != "" {
-			return st, &notLockError{key, fmt.Sprintf("%s holds %s, %s", n.lock, quoteShort(v), why)}
+	// The values come from one transaction, so they are one moment's: the
+	// scripts change the lock, its fence and its line together, and cached
+	// replies of different keys can be from either side of such a change
+	// (an invalidation still on its way).
+	cmds := rueidis.Commands{b.Multi().Build()}
+	for _, c := range snap() {
+		cmds = append(cmds, rueidis.Completed(c))
+	}
+	cmds = append(cmds, b.Exec().Build())
+	st.sent = time.Now()
+	res := r.c.DoMulti(ctx, cmds...)
+	for i, x := range res[:len(res)-1] {
+		if err := x.Error(); err != nil && i == 0 {
+			return st, r.wrap(ctx, key, "", "MULTI", err)
+		} else if err := check(i-1, err); err != nil {
+			return st, err
 		}
-		pttl, _ := res[1].AsInt64()
+	}
+	v, err := res[len(res)-1].ToArray()
+	if err != nil {
+		return st, r.wrap(ctx, key, "", "EXEC", err)
+	}
+	if len(v) != len(cmdNames) {
+		return st, fmt.Errorf("lockctl: EXEC replied %d values, want %d", len(v), len(cmdNames))
+	}
+	for i := range v {
+		if err := check(i, v[i].Error()); err != nil {
+			return st, err
+		}
+	}
+	if tok, err := v[0].ToString(); err == nil {
+		if why := tokenProblem(tok); why != "" {
+			return st, &notLockError{key, fmt.Sprintf("%s holds %s, %s", n.lock, quoteShort(tok), why)}
+		}
+		pttl, _ := v[1].AsInt64()
 		if pttl != -2 { // -2: gone between GET and PTTL
-			st.Held, st.Token, st.TTLMs = true, v, pttl
+			st.Held, st.Token, st.TTLMs = true, tok, pttl
 		}
 	}
-	if v, err := res[2].ToString(); err == nil {
-		f, perr := strconv.ParseUint(v, 10, 64)
+	if f, err := v[2].ToString(); err == nil {
+		n, perr := strconv.ParseUint(f, 10, 64)
 		if perr != nil {
 			return st, &notLockError{key, fmt.Sprintf("%s holds %s, not a fence counter",
-				n.fence, quoteShort(v))}
+				keysOf[2], quoteShort(f))}
 		}
-		st.Fence = f
+		st.Fence = n
 	}
-	st.LineLen, _ = res[3].AsInt64()
-	zs, _ := res[4].AsZScores()
+	st.LineLen, _ = v[3].AsInt64()
+	zs, _ := v[4].AsZScores()
 	if len(zs) == 0 {
 		return st, nil
 	}
@@ -135,12 +177,14 @@ func (r *reader) read(ctx context.Context, key string) (state, error) {
 	for i, z := range zs {
 		tokens[i] = z.Member
 	}
-	cmds := []rueidis.Cacheable{
+	// Who waits how long is a detail read after the transaction (it needs
+	// the tokens); a waiter that left in between shows no ttl.
+	details := []rueidis.Cacheable{
 		b.Zmscore().Key(n.deadlines).Member(tokens...).Cache(),
 		b.Hmget().Key(n.args).Field(tokens...).Cache(),
 	}
 	var now int64
-	res = r.do(ctx, cmds...)
+	res = r.do(ctx, details...)
 	if !r.cached {
 		t, err := r.c.Do(ctx, b.Time().Build()).AsStrSlice()
 		if err != nil {
