@@ -624,3 +624,31 @@ func TestErrors_usage(t *testing.T) {
 		}
 	}
 }
+
+// TestCluster_listAndInspect: with -c, list scans every master and inspect's
+// transaction goes to the key's master.
+func TestCluster_listAndInspect(t *testing.T) {
+	c := redistest.StartCluster(t, 3)
+	m, err := lockredis.New(lockredis.Options{
+		ClientOption: rueidis.ClientOption{InitAddress: c.Addrs},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	for i := range 12 { // 12 keys spread over the 3 masters' slots
+		take(t, m, fmt.Sprintf("c/%02d", i), time.Minute)
+	}
+	r := runBin(t, "", nil, "-c", "-u", "redis://"+c.Addrs[0], "list", "--json")
+	wantCode(t, r, exitOK)
+	var got []struct{ Key string }
+	if err := json.Unmarshal([]byte(r.stdout), &got); err != nil || len(got) != 12 ||
+		got[0].Key != "c/00" || got[11].Key != "c/11" {
+		t.Errorf("list -c = %s (%v)", r.stdout, err)
+	}
+	r = runBin(t, "", nil, "-c", "-u", "redis://"+c.Addrs[0], "inspect", "c/00", "c/07")
+	wantCode(t, r, exitOK)
+	if strings.Count(r.stdout, "held by") != 2 {
+		t.Errorf("inspect -c:\n%s", r.stdout)
+	}
+}
