@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -295,6 +296,9 @@ func connect(ctx context.Context, c *config, opt rueidis.ClientOption) (rueidis.
 	return client, nil
 }
 
+// nopermRE finds the command a NOPERM error names.
+var nopermRE = regexp.MustCompile(`^NOPERM .* to run the '([^']+)' command`)
+
 // redisErr describes err from running cmd: "lockctl: cannot connect to
 // ADDR", "lockctl: the Redis user U may not run CMD", a refused login, a
 // timeout, or the reply itself.
@@ -304,12 +308,19 @@ func (c *config) redisErr(ctx context.Context, cmd string, err error) error {
 	if user == "" {
 		user = "default"
 	}
-	msg := err.Error()
+	// rueidis may join several errors, one a line: the first is Redis's.
+	msg, _, _ := strings.Cut(err.Error(), "\n")
+	if m := nopermRE.FindStringSubmatch(msg); m != nil {
+		cmd = strings.ToUpper(m[1]) // the one Redis names, e.g. in the handshake
+	}
 	switch {
 	case strings.HasPrefix(msg, "NOPERM"):
 		return fmt.Errorf("lockctl: the Redis user %q may not run %s: %s", user, cmd, msg)
 	case strings.HasPrefix(msg, "WRONGPASS"), strings.HasPrefix(msg, "NOAUTH"):
 		return fmt.Errorf("lockctl: %s refused the login of user %q: %s", addr, user, msg)
+	case errors.Is(err, rueidis.ErrNoCache):
+		return fmt.Errorf("lockctl: watch needs client-side caching (Redis 6 or later, "+
+			"RESP3, CLIENT TRACKING), which %s refused: %s", addr, msg)
 	case ctx.Err() != nil:
 		return fmt.Errorf("lockctl: interrupted while running %s on %s", cmd, addr)
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded):

@@ -56,10 +56,6 @@ func runWatch(ctx context.Context, cfg *config, opt rueidis.ClientOption, key st
 	}
 	c, err := connect(ctx, cfg, opt)
 	if err != nil {
-		if strings.Contains(err.Error(), rueidis.ErrNoCache.Error()) {
-			err = fmt.Errorf("lockctl: watch needs client-side caching "+
-				"(Redis 6 or later over RESP3): %v", err)
-		}
 		return exitErr, err
 	}
 	defer c.Close()
