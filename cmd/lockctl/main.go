@@ -47,6 +47,7 @@ Usage:
 
 KEY is the key the services lock (orders/42), not the Redis name
 (klauthed:{orders/42}). Flags may come before or after the command.
+lockctl --help, lockctl help, or a -h given no host print this text.
 
 Connection (as redis-cli):
   -u URL           redis://[user:password@]host:port[/db] or rediss://...
