@@ -8,15 +8,9 @@ import (
 	"io"
 	"strings"
 
+	"github.com/klauthed/lock/gen"
 	"github.com/redis/rueidis"
 )
-
-// compareAndDelete deletes KEYS[1] only if it still holds ARGV[1], the
-// token lockctl read and showed: a holder that changed in between (a
-// release, an expiry and a new acquire) is never freed by mistake. It
-// touches neither the fence counter nor the line.
-const compareAndDelete = `if redis.call('GET', KEYS[1]) == ARGV[1] then ` +
-	`return redis.call('DEL', KEYS[1]) end return 0`
 
 // releaseJSON is release's --json output.
 type releaseJSON struct {
@@ -24,15 +18,19 @@ type releaseJSON struct {
 	Name    string `json:"redis_key"`
 	Removed bool   `json:"removed"`
 	Token   string `json:"token,omitempty"`
+	Next    string `json:"handed_to,omitempty"`
 	TTLMs   int64  `json:"ttl_ms"`
 	Fence   uint64 `json:"fence"`
 	LineLen int64  `json:"line_length"`
 }
 
 // runRelease frees key whoever holds it: it reads the holder, asks on
-// stderr (unless --yes) and reads the answer from stdin, then deletes the
-// lock if the same token still holds it, and prints what it removed. The
-// fence counter and the waiting line are left as they are.
+// stderr (unless --yes) and reads the answer from stdin, then runs the
+// release script (scripts/release.lua) with the token it read, as the
+// holder's own Release would: a holder that changed in between is never
+// freed by mistake, and if waiters are in line the key goes to the head at
+// once (which gets the next fence, as on any hand-off). It prints what it
+// removed. The removed lease's fence is not touched.
 func runRelease(ctx context.Context, c rueidis.Client, cfg *config, key string,
 	stdin io.Reader, stdout, stderr io.Writer) (int, error) {
 	r := &reader{c: c, cfg: cfg}
@@ -61,15 +59,19 @@ func runRelease(ctx context.Context, c rueidis.Client, cfg *config, key string,
 	}
 	rctx, cancel = context.WithTimeout(ctx, cfg.timeout)
 	defer cancel()
-	cmd := c.B().Eval().Script(compareAndDelete).Numkeys(1).Key(st.Name).Arg(st.Token).Build()
-	n, err := c.Do(rctx, cmd).AsInt64()
+	ks := gen.ReleaseKeys{LockKey: st.Name, FenceKey: st.Name + ":fence", LineKey: st.Name + ":line",
+		LineDeadlinesKey: st.Name + ":line:deadlines", LineArgsKey: st.Name + ":line:args"}
+	res, err := gen.Release(rctx, c, ks, st.Token, "")
 	if err != nil {
-		return exitErr, cfg.redisErr(ctx, "EVAL (compare-and-delete)", err)
+		return exitErr, cfg.redisErr(ctx, "EVALSHA (release script)", err)
 	}
-	if n == 0 {
+	if !res.Released {
 		return exitErr, fmt.Errorf("lockctl: %s changed hands since it was read "+
 			"(%s no longer holds it); nothing removed: look again with inspect",
 			show(key), short(st.Token))
+	}
+	if res.Handed {
+		out.Next = res.Next
 	}
 	out.Removed, out.Token, out.TTLMs = true, st.Token, st.TTLMs
 	if cfg.json {
@@ -79,11 +81,9 @@ func runRelease(ctx context.Context, c rueidis.Client, cfg *config, key string,
 	}
 	fmt.Fprintf(stdout, "removed %s (%s): token %s, fence %d, ttl left %s; "+
 		"the fence counter is unchanged\n", show(key), st.Name, st.Token, st.Fence, ttlText(st.TTLMs))
-	if st.LineLen > 0 {
-		fmt.Fprintf(stdout, "%d waiting in line: the head (%s) gets the key at its "+
-			"waiter's next attempt (it keeps its place every third of its line TTL, "+
-			"1s by default) or at any other acquire of the key\n",
-			st.LineLen, short(st.Line[0].Token))
+	if res.Handed {
+		fmt.Fprintf(stdout, "handed %s to the head of its line: %s, fence %d\n",
+			show(key), short(res.Next), res.Fence)
 	}
 	return exitOK, nil
 }
