@@ -408,17 +408,17 @@ func (m *Manager) HandleInvalidations(msgs []rueidis.RedisMessage) {
 // ":line:deadlines" and ":line:args". LockKey does not validate its
 // arguments.
 func LockKey(prefix, key string) string {
-	return string(names(prefix, key, ""))
+	return string(appendName(nil, prefix, key, ""))
 }
 
-// names returns prefix, the opening of the hash tag, key, "}" and suffix,
-// in one allocation; see LockKey.
-func names(prefix, key, suffix string) []byte {
+// appendName appends key's Redis name with suffix to b: prefix, the opening
+// of the hash tag ("{", or "}{~}" for a key starting with "}"), key, "}"
+// and suffix. It is the one place the naming rule is written.
+func appendName(b []byte, prefix, key, suffix string) []byte {
 	open := "{"
 	if key != "" && key[0] == '}' {
 		open = "}{~}"
 	}
-	b := make([]byte, 0, len(prefix)+len(open)+len(key)+1+len(suffix))
 	b = append(b, prefix...)
 	b = append(b, open...)
 	b = append(b, key...)
@@ -435,22 +435,14 @@ func (m *Manager) keys(key string) keys {
 	// One allocation: the lock and line names are prefixes of the
 	// deadlines name, and the fence and args names follow it.
 	const dl, fence, args = ":line:deadlines", ":fence", ":line:args"
-	open := "{"
-	if key[0] == '}' {
-		open = "}{~}"
-	}
-	n := len(m.prefix) + len(open) + len(key) + 1
-	b := make([]byte, 0, 3*n+len(dl)+len(fence)+len(args))
-	for _, suffix := range [...]string{dl, fence, args} {
-		b = append(b, m.prefix...)
-		b = append(b, open...)
-		b = append(b, key...)
-		b = append(b, '}')
-		b = append(b, suffix...)
-	}
+	b := make([]byte, 0, 3*(len(m.prefix)+len(key)+5)+len(dl)+len(fence)+len(args))
+	b = appendName(b, m.prefix, key, dl)
+	f := len(b)
+	b = appendName(b, m.prefix, key, fence)
+	a := len(b)
+	b = appendName(b, m.prefix, key, args)
 	all := string(b)
-	f := n + len(dl)
-	a := f + n + len(fence)
+	n := f - len(dl)
 	return keys{
 		lock:          all[:n],
 		line:          all[:n+len(":line")],
