@@ -96,12 +96,13 @@ func FuzzKeys(f *testing.F) {
 				break
 			}
 			lk := lockredis.LockKey(prefix, key)
-			fk := lk + ":fence"
 			if !strings.HasPrefix(lk, prefix+"{") && !strings.HasPrefix(lk, prefix+"}{~}") {
 				t.Fatalf("LockKey(%q, %q) = %q escapes the prefix", prefix, key, lk)
 			}
-			if a, b := slot(lk), slot(fk); a != b {
-				t.Fatalf("lock key %q (slot %d) and fence key %q (slot %d) differ", lk, a, fk, b)
+			for _, suffix := range []string{":fence", ":line", ":line:deadlines", ":line:args"} {
+				if a, b := slot(lk), slot(lk+suffix); a != b {
+					t.Fatalf("lock key %q (slot %d) and %q (slot %d) differ", lk, a, lk+suffix, b)
+				}
 			}
 		}
 
