@@ -35,7 +35,8 @@ import (
 // (bounded by Options.CleanupTimeout), otherwise such a lock ends at its
 // TTL. With Options.WaitReplicas set, a win that too few replicas
 // acknowledged is undone and returns an error wrapping ErrNotReplicated.
-func (m *Manager) TryAcquire(ctx context.Context, key string, ttl time.Duration) (lock.Lease, bool, error) {
+func (m *Manager) TryAcquire(ctx context.Context, key string, ttl time.Duration) (
+	lock.Lease, bool, error) {
 	l, err := m.newLease(ctx, key, ttl)
 	if err != nil {
 		return nil, false, err
@@ -236,7 +237,8 @@ func (m *Manager) confirm(ctx context.Context, w *waiter, g grant) (bool, error)
 
 // attempt runs the acquire script once for l; lineTTL 0 never joins the
 // line. With Options.WaitReplicas the script and WAIT go in one batch.
-func (m *Manager) attempt(ctx context.Context, l *Lease, ttl, lineTTL time.Duration) (gen.AcquireResult, error) {
+func (m *Manager) attempt(ctx context.Context, l *Lease, ttl, lineTTL time.Duration) (
+	gen.AcquireResult, error) {
 	if m.waitN > 0 {
 		return m.acquireReplicated(ctx, l, ttl, lineTTL)
 	}
@@ -324,7 +326,8 @@ func (m *Manager) undo(l *Lease) error {
 // release runs the release script for l's token, and if the script handed
 // the key to a waiter of this Manager (it publishes to everyone else),
 // delivers the hand-off; sent is when the call started.
-func (m *Manager) release(ctx context.Context, l *Lease, sent time.Time) (gen.ReleaseResult, error) {
+func (m *Manager) release(ctx context.Context, l *Lease, sent time.Time) (
+	gen.ReleaseResult, error) {
 	k := &l.k
 	res, err := gen.Release(ctx, m.client,
 		gen.ReleaseKeys{LockKey: k.lock, FenceKey: k.fence, LineKey: k.line,

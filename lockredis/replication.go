@@ -36,7 +36,8 @@ func (m *Manager) notReplicated(wait *gen.Pending[rueidis.RedisResult]) error {
 		return fmt.Errorf("wait for %d replicas: %w", m.waitN, err)
 	}
 	if n < m.waitN {
-		return fmt.Errorf("%w: %d of %d replicas acknowledged within %dms", ErrNotReplicated, n, m.waitN, m.waitMS)
+		return fmt.Errorf("%w: %d of %d replicas acknowledged within %dms",
+			ErrNotReplicated, n, m.waitN, m.waitMS)
 	}
 	return nil
 }
@@ -47,7 +48,8 @@ func (m *Manager) notReplicated(wait *gen.Pending[rueidis.RedisResult]) error {
 // failed, it releases the lock (bounded by CleanupTimeout) before returning
 // the error. A batch that did not take the lock
 // returns its result and ignores WAIT's reply.
-func (m *Manager) acquireReplicated(ctx context.Context, l *Lease, ttl, lineTTL time.Duration) (gen.AcquireResult, error) {
+func (m *Manager) acquireReplicated(ctx context.Context, l *Lease, ttl, lineTTL time.Duration) (
+	gen.AcquireResult, error) {
 	k, b := &l.k, gen.NewBatch(m.client)
 	acq := b.Acquire(gen.AcquireKeys{LockKey: k.lock, FenceKey: k.fence, LineKey: k.line,
 		LineDeadlinesKey: k.lineDeadlines, LineArgsKey: k.lineArgs},
@@ -69,7 +71,8 @@ func (m *Manager) acquireReplicated(ctx context.Context, l *Lease, ttl, lineTTL 
 // connection. A refresh that extended the lease but was not acknowledged
 // returns its result (Refreshed true) together with the WAIT error; the
 // lease is left extended.
-func (m *Manager) refreshReplicated(ctx context.Context, l *Lease, ttl time.Duration) (gen.RefreshResult, error) {
+func (m *Manager) refreshReplicated(ctx context.Context, l *Lease, ttl time.Duration) (
+	gen.RefreshResult, error) {
 	b := gen.NewBatch(m.client)
 	ref := b.Refresh(l.k.lock, string(l.token), ttl)
 	wait := b.Add(m.waitCmd())
