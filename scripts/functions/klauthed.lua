@@ -67,6 +67,17 @@ if lms == nil or lms < 0 or lms > 31536000000 or lms % 1 ~= 0 or tostring(lms) ~
 end
 local L, LD, LA = KEYS[3], KEYS[4], KEYS[5]
 
+-- Fast path first: nobody waits and the key is free. One SET NX decides; an
+-- INCR that fails (a fence key of the wrong type) undoes it.
+if redis.call('EXISTS', L) == 0 and redis.call('SET', KEYS[1], token, 'NX', 'PX', ttl) then
+  local fence = redis.pcall('INCR', KEYS[2])
+  if type(fence) == 'table' then
+    redis.call('DEL', KEYS[1])
+    return fence
+  end
+  return {1, fence, ms, 0}
+end
+
 local function leave(t)
   redis.call('ZREM', L, t)
   redis.call('ZREM', LD, t)
@@ -146,7 +157,7 @@ if holder == token then
   return {1, fence, ms, 0}
 end
 if not holder and redis.call('EXISTS', L) == 0 then
-  -- Fast path: nobody waits, so no clock and no line to read.
+  -- Free with nobody waiting after all (expired since the SET NX above).
   local fence = redis.pcall('INCR', KEYS[2])
   if type(fence) == 'table' then return fence end
   redis.call('SET', KEYS[1], token, 'PX', ttl)
