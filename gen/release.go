@@ -38,21 +38,22 @@ if token == nil or token == '' then
 end
 local L, LD, LA = KEYS[3], KEYS[4], KEYS[5]
 
-local function leave(t)
-  redis.call('ZREM', L, t)
-  redis.call('ZREM', LD, t)
-  redis.call('HDEL', LA, t)
-end
-
 local holder = redis.call('GET', KEYS[1])
 local released = 0
 if holder == token then released = 1 end
--- The line's keys are created, kept alive and emptied together.
+-- Fast path: nobody waits (the line's keys are created, kept alive and
+-- emptied together).
 if redis.call('EXISTS', L) == 0 then
   if released == 1 then
     redis.call('DEL', KEYS[1])
   end
   return {released, false, 0, 0}
+end
+
+local function leave(t)
+  redis.call('ZREM', L, t)
+  redis.call('ZREM', LD, t)
+  redis.call('HDEL', LA, t)
 end
 -- Read every key this call may write before writing any, so that a key of
 -- the wrong type fails the call with nothing written (scripts are not
@@ -98,7 +99,7 @@ end
 return {released, false, 0, 0}`
 
 // ReleaseSHA1 is the SHA1 of ReleaseSource, as SCRIPT LOAD replies it.
-const ReleaseSHA1 = "1b491ce91a666c1c61d895bf8403cded114d8221"
+const ReleaseSHA1 = "608aef2528f9ca00af7f1327cc881a0434a4564a"
 
 var releaseScript = rueidis.NewLuaScript(ReleaseSource)
 

@@ -310,21 +310,22 @@ if token == nil or token == '' then
 end
 local L, LD, LA = KEYS[3], KEYS[4], KEYS[5]
 
-local function leave(t)
-  redis.call('ZREM', L, t)
-  redis.call('ZREM', LD, t)
-  redis.call('HDEL', LA, t)
-end
-
 local holder = redis.call('GET', KEYS[1])
 local released = 0
 if holder == token then released = 1 end
--- The line's keys are created, kept alive and emptied together.
+-- Fast path: nobody waits (the line's keys are created, kept alive and
+-- emptied together).
 if redis.call('EXISTS', L) == 0 then
   if released == 1 then
     redis.call('DEL', KEYS[1])
   end
   return {released, false, 0, 0}
+end
+
+local function leave(t)
+  redis.call('ZREM', L, t)
+  redis.call('ZREM', LD, t)
+  redis.call('HDEL', LA, t)
 end
 -- Read every key this call may write before writing any, so that a key of
 -- the wrong type fails the call with nothing written (scripts are not
