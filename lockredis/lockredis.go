@@ -408,22 +408,24 @@ func (m *Manager) HandleInvalidations(msgs []rueidis.RedisMessage) {
 // ":line:deadlines" and ":line:args". LockKey does not validate its
 // arguments.
 func LockKey(prefix, key string) string {
-	return string(appendName(nil, prefix, key, ""))
+	var b strings.Builder
+	writeName(&b, prefix, key, "")
+	return b.String()
 }
 
-// appendName appends key's Redis name with suffix to b: prefix, the opening
+// writeName writes key's Redis name with suffix to b: prefix, the opening
 // of the hash tag ("{", or "}{~}" for a key starting with "}"), key, "}"
 // and suffix. It is the one place the naming rule is written.
-func appendName(b []byte, prefix, key, suffix string) []byte {
+func writeName(b *strings.Builder, prefix, key, suffix string) {
 	open := "{"
 	if key != "" && key[0] == '}' {
 		open = "}{~}"
 	}
-	b = append(b, prefix...)
-	b = append(b, open...)
-	b = append(b, key...)
-	b = append(b, '}')
-	return append(b, suffix...)
+	b.WriteString(prefix)
+	b.WriteString(open)
+	b.WriteString(key)
+	b.WriteByte('}')
+	b.WriteString(suffix)
 }
 
 // keys is the set of Redis names of one user key, as the scripts take them.
@@ -435,13 +437,14 @@ func (m *Manager) keys(key string) keys {
 	// One allocation: the lock and line names are prefixes of the
 	// deadlines name, and the fence and args names follow it.
 	const dl, fence, args = ":line:deadlines", ":fence", ":line:args"
-	b := make([]byte, 0, 3*(len(m.prefix)+len(key)+5)+len(dl)+len(fence)+len(args))
-	b = appendName(b, m.prefix, key, dl)
-	f := len(b)
-	b = appendName(b, m.prefix, key, fence)
-	a := len(b)
-	b = appendName(b, m.prefix, key, args)
-	all := string(b)
+	var b strings.Builder
+	b.Grow(3*(len(m.prefix)+len(key)+5) + len(dl) + len(fence) + len(args))
+	writeName(&b, m.prefix, key, dl)
+	f := b.Len()
+	writeName(&b, m.prefix, key, fence)
+	a := b.Len()
+	writeName(&b, m.prefix, key, args)
+	all := b.String()
 	n := f - len(dl)
 	return keys{
 		lock:          all[:n],
