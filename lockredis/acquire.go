@@ -80,9 +80,10 @@ func (m *Manager) Acquire(ctx context.Context, key string, ttl time.Duration) (l
 		return nil, notAcquired(key, err)
 	}
 	w := &l.waiter
-	*w = waiter{l: l, ttl: ttl, wake: make(chan wake, 2)}
+	w.l, w.ttl = l, ttl
 	// Registered before the first attempt: a release may hand the key to
-	// this waiter before the attempt's reply arrives.
+	// this waiter before the attempt's reply arrives. Its wake channel is
+	// made only once it waits (see awake).
 	m.register(w)
 	return m.wait(ctx, w)
 }
@@ -144,6 +145,7 @@ func (m *Manager) wait(ctx context.Context, w *waiter) (lock.Lease, error) {
 		default:
 			w.since = sent
 			d = m.sleepFor(res, &backoff)
+			m.awake(w)
 		}
 		if timer == nil {
 			timer = time.NewTimer(d)
@@ -356,6 +358,23 @@ func (m *Manager) register(w *waiter) {
 	s.mu.Unlock()
 }
 
+// awake makes w's wake channel, under its shard's mutex, before w first
+// sleeps; deliver and pokeWaiters make it too if they come first.
+func (m *Manager) awake(w *waiter) {
+	s := m.waiterShard(w.l.token)
+	s.mu.Lock()
+	w.makeWake()
+	s.mu.Unlock()
+}
+
+// makeWake makes w's wake channel if it has none. Call with w's shard's
+// mutex held.
+func (w *waiter) makeWake() {
+	if w.wake == nil {
+		w.wake = make(chan wake, 2)
+	}
+}
+
 func (m *Manager) unregister(w *waiter) {
 	s := m.waiterShard(w.l.token)
 	s.mu.Lock()
@@ -369,6 +388,7 @@ func (m *Manager) deliver(t lock.Token, g grant) {
 	s := m.waiterShard(t)
 	s.mu.Lock()
 	if w := s.m[t]; w != nil {
+		w.makeWake()
 		w.wake <- wake{handed: true, grant: g}
 		delete(s.m, t) // one hand-off per place in line
 	}
@@ -382,6 +402,7 @@ func (m *Manager) pokeWaiters() {
 		s := &m.waiting[i]
 		s.mu.Lock()
 		for _, w := range s.m {
+			w.makeWake()
 			if len(w.wake) == 0 {
 				w.wake <- wake{}
 			}
