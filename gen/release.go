@@ -58,18 +58,18 @@ end
 -- Read every key this call may write before writing any, so that a key of
 -- the wrong type fails the call with nothing written (scripts are not
 -- rolled back).
-redis.call('ZSCORE', L, token)
-redis.call('ZSCORE', LD, token)
-redis.call('HGET', LA, token)
+local queued = redis.call('ZSCORE', L, token)
+queued = redis.call('ZSCORE', LD, token) or queued
+queued = redis.call('HGET', LA, token) or queued
 if holder and released == 0 then
-  leave(token)
+  if queued then leave(token) end
   return {0, false, 0, 0}
 end
 local f = redis.call('GET', KEYS[2])
 if f and f ~= '0' and not string.match(f, '^%-?[1-9]%d*$') then
   return redis.error_reply('ERR fence key holds a value that is not an integer')
 end
-leave(token)
+if queued then leave(token) end
 -- The lock is free, or ours to give: does anyone wait?
 local tm = redis.call('TIME')
 local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
@@ -99,7 +99,7 @@ end
 return {released, false, 0, 0}`
 
 // ReleaseSHA1 is the SHA1 of ReleaseSource, as SCRIPT LOAD replies it.
-const ReleaseSHA1 = "608aef2528f9ca00af7f1327cc881a0434a4564a"
+const ReleaseSHA1 = "8d763243addf811940d046c20881d45cceb9c5a9"
 
 var releaseScript = rueidis.NewLuaScript(ReleaseSource)
 

@@ -330,18 +330,18 @@ end
 -- Read every key this call may write before writing any, so that a key of
 -- the wrong type fails the call with nothing written (scripts are not
 -- rolled back).
-redis.call('ZSCORE', L, token)
-redis.call('ZSCORE', LD, token)
-redis.call('HGET', LA, token)
+local queued = redis.call('ZSCORE', L, token)
+queued = redis.call('ZSCORE', LD, token) or queued
+queued = redis.call('HGET', LA, token) or queued
 if holder and released == 0 then
-  leave(token)
+  if queued then leave(token) end
   return {0, false, 0, 0}
 end
 local f = redis.call('GET', KEYS[2])
 if f and f ~= '0' and not string.match(f, '^%-?[1-9]%d*$') then
   return redis.error_reply('ERR fence key holds a value that is not an integer')
 end
-leave(token)
+if queued then leave(token) end
 -- The lock is free, or ours to give: does anyone wait?
 local tm = redis.call('TIME')
 local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
