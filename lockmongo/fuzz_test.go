@@ -64,7 +64,8 @@ func FuzzKeysAndTTLs(f *testing.F) {
 		var meta struct {
 			Base int64 `bson:"base"`
 		}
-		if err := coll.FindOne(ctx, bson.D{{Key: "_id", Value: docID("h", key, 0)}}).Decode(&meta); err != nil {
+		metaID := bson.D{{Key: "_id", Value: docID("h", key, 0)}}
+		if err := coll.FindOne(ctx, metaID).Decode(&meta); err != nil {
 			t.Fatalf("meta document of %q: %v", key, err)
 		}
 		id := bson.D{{Key: "_id", Value: docID("l", key, int64(l.Fence())-meta.Base)}}
