@@ -45,6 +45,11 @@ func newManager(tb testing.TB, coll *mongo.Collection, opts lockmongo.Options) *
 	return m
 }
 
+// gcOpts collect garbage often and with a short horizon, so that the
+// suite also runs against concurrent garbage collection, and FerretDB's
+// tables (which it scans for every request) stay small.
+var gcOpts = lockmongo.Options{FreeAfter: 3 * time.Second, GCInterval: 500 * time.Millisecond}
+
 // TestConformance_FerretDB runs the conformance suite against an embedded
 // FerretDB (SQLite): the offset time path, polling waiters, and a real Peer:
 // a second Manager with a client of its own, as another process would have
@@ -55,8 +60,7 @@ func TestConformance_FerretDB(t *testing.T) {
 	colls := map[lock.Manager]string{}
 	var mu sync.Mutex
 	newOn := func(t *testing.T, name string) lock.Manager {
-		m := newManager(t, srv.Client(t).Database("lockmongo_test").Collection(name),
-			lockmongo.Options{})
+		m := newManager(t, srv.Client(t).Database("lockmongo_test").Collection(name), gcOpts)
 		mu.Lock()
 		colls[m] = name
 		mu.Unlock()

@@ -395,9 +395,13 @@ func (m *Manager) TryAcquire(ctx context.Context, key string, ttl time.Duration,
 // the key changed under it, and sends a cleanup release in the background
 // when ctx ended while a request was in flight.
 func (m *Manager) attempt(ctx context.Context, l *Lease, seq int64) (attemptResult, error) {
+	retries := 0
 	for range 3 {
 		res, err := m.acquireOnce(ctx, l, seq)
 		if errors.Is(err, errRetry) {
+			if retries++; retries == 3 {
+				return attemptResult{}, errSlow
+			}
 			continue
 		}
 		if err != nil {
@@ -412,6 +416,10 @@ func (m *Manager) attempt(ctx context.Context, l *Lease, seq int64) (attemptResu
 	}
 	return attemptResult{}, nil
 }
+
+// errSlow is returned when attempts keep taking longer than FreeAfter/8.
+var errSlow = errors.New("acquire attempts took longer than FreeAfter/8 three times; " +
+	"the server is too slow for this FreeAfter")
 
 // cleanupAcquire releases, in the background and bounded by CleanupTimeout,
 // what an acquire request abandoned in flight may have taken: it reads the

@@ -414,6 +414,9 @@ type attemptResult struct {
 	remaining time.Duration
 	// srv is the latest acquisition's srv: tickets up to it were served.
 	srv int64
+	// latest is the number of the latest acquisition seen, when not
+	// acquired: a waiter polls fast again while it changes.
+	latest int64
 	// rejoin: the waiter's ticket was passed over (it is at or below
 	// srv): it must take a new one.
 	rejoin bool
@@ -438,7 +441,7 @@ func (m *Manager) acquireOnce(ctx context.Context, l *Lease, seq int64) (attempt
 				fence: d.fence()}, nil
 		}
 		if !d.rel && d.exp.After(lo) {
-			return attemptResult{remaining: m.remaining(d.exp), srv: srv}, nil
+			return attemptResult{remaining: m.remaining(d.exp), srv: srv, latest: last.n}, nil
 		}
 	}
 	if seq > 0 && seq <= srv {
@@ -449,7 +452,7 @@ func (m *Manager) acquireOnce(ctx context.Context, l *Lease, seq int64) (attempt
 		return attemptResult{}, err
 	}
 	if blocked {
-		return attemptResult{remaining: m.maxBO, srv: srv}, nil
+		return attemptResult{remaining: m.maxBO, srv: srv, latest: last.n}, nil
 	}
 	n := last.n + 1
 	l.sentOnce(time.Now())
@@ -513,7 +516,9 @@ func (m *Manager) checkLine(ctx context.Context, key string, srv, seq int64, lo 
 }
 
 // joinLine takes a ticket for l: the first missing number above srv,
-// inserted (the insert is the arbiter of a number). It returns the number.
+// inserted (the insert is the arbiter of a number). It returns the number
+// and the ticket's keep-alive; on an error, the number whose insert failed
+// (it may have landed), so that the caller can mark it gone.
 func (m *Manager) joinLine(ctx context.Context, l *Lease, srv int64) (int64, time.Time, error) {
 	for s := srv + 1; ; s++ {
 		t, err := m.readTicket(ctx, l.key, s)
@@ -533,7 +538,7 @@ func (m *Manager) joinLine(ctx context.Context, l *Lease, srv int64) (int64, tim
 			return s, exp, nil
 		}
 		if !mongo.IsDuplicateKeyError(err) {
-			return 0, time.Time{}, err
+			return s, time.Time{}, err
 		}
 	}
 }

@@ -33,7 +33,7 @@ func TestStress_fourManagers_oneKey_noOverlapAndFencesGrow(t *testing.T) {
 	var ms []*lockmongo.Manager
 	for range managers {
 		ms = append(ms, newManager(t, srv.Client(t).Database("lockmongo_test").Collection(name),
-			lockmongo.Options{}))
+			gcOpts))
 	}
 	const key = "stress"
 	var (

@@ -161,6 +161,7 @@ func (m *Manager) wait(ctx context.Context, s *shard, w *waiter) (lock.Lease, er
 	defer timer.Stop()
 	var (
 		backoff time.Duration
+		seen    int64     // the latest acquisition number the last attempt saw
 		seq     int64     // our ticket, 0 for none
 		seqExp  time.Time // its keep-alive as written
 		keepAt  time.Time // when to extend it next (local clock)
@@ -213,6 +214,12 @@ func (m *Manager) wait(ctx context.Context, s *shard, w *waiter) (lock.Lease, er
 				m.leaveLine(l, seq, true)
 				return l, nil
 			}
+			if res.latest != seen && seen != 0 {
+				// The key changed hands since we last looked: it is
+				// moving, so look again sooner.
+				backoff = min(backoff, 4*m.minBO)
+			}
+			seen = res.latest
 			sleep, backoff = m.sleepFor(ks, res, backoff)
 		}
 		s.mu.Unlock()
