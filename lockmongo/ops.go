@@ -304,7 +304,7 @@ func (m *Manager) findLatest(ctx context.Context, key string) (latest, error) {
 		if err != nil {
 			return err
 		}
-		h, cached, metaAt = hint{base: md.base, n: md.n}, false, time.UnixMicro(md.base)
+		h, cached, metaAt = hint(md), false, time.UnixMicro(md.base)
 		return nil
 	}
 	if !cached {

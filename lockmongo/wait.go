@@ -163,7 +163,6 @@ func (m *Manager) wait(ctx context.Context, s *shard, w *waiter) (lock.Lease, er
 		backoff time.Duration
 		seen    int64     // the latest acquisition number the last attempt saw
 		seq     int64     // our ticket, 0 for none
-		seqExp  time.Time // its keep-alive as written
 		keepAt  time.Time // when to extend it next (local clock)
 	)
 	leave := func(err error) (lock.Lease, error) {
@@ -192,7 +191,7 @@ func (m *Manager) wait(ctx context.Context, s *shard, w *waiter) (lock.Lease, er
 			if err == nil && !res.acquired && (seq == 0 || res.rejoin) {
 				// Take a place in the key's line (again, when passed over).
 				m.leaveLine(l, seq, false)
-				seq, seqExp, err = m.joinLine(ctx, l, res.srv)
+				seq, _, err = m.joinLine(ctx, l, res.srv)
 				keepAt = time.Now().Add(m.lineTTL / 3)
 			}
 			s.mu.Lock()
@@ -225,15 +224,14 @@ func (m *Manager) wait(ctx context.Context, s *shard, w *waiter) (lock.Lease, er
 		s.mu.Unlock()
 		if seq > 0 {
 			if d := time.Until(keepAt); d <= 0 {
-				exp, err := m.keepTicket(ctx, l, seq)
+				_, err := m.keepTicket(ctx, l, seq)
 				if err != nil {
 					if ctx.Err() != nil {
 						return leave(notAcquired(l.key, ctx.Err()))
 					}
 					return leave(m.acquireErr(ctx, l.key, err))
 				}
-				seqExp, keepAt = exp, time.Now().Add(m.lineTTL/3)
-				_ = seqExp
+				keepAt = time.Now().Add(m.lineTTL / 3)
 				continue
 			} else if sleep < 0 || sleep > d {
 				sleep = d
