@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"sync"
 	"testing"
 	"time"
 
@@ -44,22 +45,34 @@ func newManager(tb testing.TB, coll *mongo.Collection, opts lockmongo.Options) *
 	return m
 }
 
+// gcOpts collect garbage often and with a short horizon, so that the
+// suite also runs against concurrent garbage collection, and FerretDB's
+// tables (which it scans for every request) stay small.
+var gcOpts = lockmongo.Options{FreeAfter: 3 * time.Second, GCInterval: 500 * time.Millisecond}
+
 // TestConformance_FerretDB runs the conformance suite against an embedded
-// FerretDB (SQLite): the offset time path, polling waiters, no TTL index.
-//
-// Peer is the Manager itself. FerretDB 1.x runs findAndModify and update as
-// a query followed by a write by _id, with no compare in between, so two
-// clients that update one free document at the same moment can both win:
-// it cannot arbitrate between processes (MongoDB can; see the README). One
-// Manager sends one acquire request per key at a time, which FerretDB
-// handles correctly. The cross-Manager cases that involve no concurrent
-// writes run in lockmongo_test.go.
+// FerretDB (SQLite): the offset time path, polling waiters, and a real Peer:
+// a second Manager with a client of its own, as another process would have
+// it. FerretDB 1.x runs findAndModify and update as a read and then a write
+// by _id; lockmongo relies only on the duplicate-key error of an insert.
 func TestConformance_FerretDB(t *testing.T) {
 	srv := ferrettest.Start(t)
+	colls := map[lock.Manager]string{}
+	var mu sync.Mutex
+	newOn := func(t *testing.T, name string) lock.Manager {
+		m := newManager(t, srv.Client(t).Database("lockmongo_test").Collection(name), gcOpts)
+		mu.Lock()
+		colls[m] = name
+		mu.Unlock()
+		return m
+	}
 	locktest.Run(t, locktest.Backend{
-		New: func(t *testing.T) lock.Manager {
-			return newManager(t, srv.Client(t).Database("lockmongo_test").Collection(collName()),
-				lockmongo.Options{})
+		New: func(t *testing.T) lock.Manager { return newOn(t, collName()) },
+		Peer: func(t *testing.T, m lock.Manager) lock.Manager {
+			mu.Lock()
+			name := colls[m]
+			mu.Unlock()
+			return newOn(t, name)
 		},
 		Advance: func(_ *testing.T, _ lock.Manager, d time.Duration) { time.Sleep(d) },
 		Close:   func(m lock.Manager) error { return m.(*lockmongo.Manager).Close() },

@@ -3,16 +3,20 @@ package lockmongo
 import (
 	"context"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
+
+	"go.mongodb.org/mongo-driver/v2/bson"
 
 	"github.com/klauthed/lock"
 )
 
 // Lease is one acquisition of a key on a Manager, returned as lock.Lease by
-// TryAcquire and Acquire. Its methods are safe for concurrent use. A nil
-// *Lease holds nothing: Key and Token return "", Fence 0, Refresh
-// lock.ErrNotHeld and Release nil.
+// TryAcquire and Acquire. Its methods are safe for concurrent use; Refresh
+// and Release of one lease run one at a time, so its document has one
+// writer. A nil *Lease holds nothing: Key and Token return "", Fence 0,
+// Refresh lock.ErrNotHeld and Release nil.
 //
 // Lease does not implement lock.Watcher: without change streams a loss is
 // found by the next Refresh (lock.Run refreshes every TTL/3).
@@ -22,9 +26,14 @@ type Lease struct {
 	token lock.Token
 	ttl   time.Duration
 	fence uint64
-	sent  time.Time // when the request that won the lease was sent
+	n     int64     // the number of its acquisition document
+	sent  time.Time // when the first request that could win the lease was sent
 
-	released atomic.Bool // a Release got the server's reply: later calls do no I/O
+	tryN atomic.Int64 // the acquisition number of the insert in flight, for cleanup
+
+	mu       sync.Mutex // serialises Refresh and Release: one writer per document
+	exp      time.Time  // the end written in the document (server clock); guarded by mu
+	released atomic.Bool
 }
 
 var (
@@ -50,7 +59,7 @@ func (l *Lease) Token() lock.Token {
 }
 
 // Fence returns the fencing number of this acquisition (see lock.Lease):
-// the document's base plus n, as the acquisition left them.
+// the key's base plus the number of its acquisition document.
 func (l *Lease) Fence() uint64 {
 	if l == nil {
 		return 0
@@ -67,17 +76,29 @@ func (l *Lease) Sent() time.Time {
 	return l.sent
 }
 
+// sentOnce records t as the send time of the first request that could
+// have won the lease: its TTL started no earlier.
+func (l *Lease) sentOnce(t time.Time) {
+	if l.sent.IsZero() {
+		l.sent = t
+	}
+}
+
 // Refresh sets the lease's remaining time to ttl (truncated to whole
-// milliseconds), counted on the server's clock from when it handles the
-// call: one update that matches the token and an expiry still ahead.
+// milliseconds), counted on the server's clock from when the request is
+// sent: one update of the lease's document by _id.
 //
 // On success the lease is held for ttl more. When the lease no longer holds
-// its key (released, expired, taken by another, or its document deleted)
-// it returns an error wrapping lock.ErrNotHeld and changes nothing. A nil
-// ctx returns an error wrapping lock.ErrInvalidArgument and bad ttl one
-// wrapping lock.ErrInvalidTTL, before any I/O; a closed Manager
-// lock.ErrClosed; a server error is returned wrapped, with the key, and
-// leaves the lease as it was.
+// its key it returns an error wrapping lock.ErrNotHeld: it was released, or
+// its end has passed or may have passed on the server's clock before the
+// update landed (its reply came after the old end as far as this Manager
+// can tell), or its document was collected; then the lease's document is
+// marked released (another Manager may already hold a newer acquisition)
+// and the lease holds nothing. A nil ctx returns an error wrapping
+// lock.ErrInvalidArgument and bad ttl one wrapping lock.ErrInvalidTTL,
+// before any I/O; a closed Manager lock.ErrClosed; a server error is
+// returned wrapped, with the key, and leaves the lease as it was (its end
+// is either the old one or the new one).
 func (l *Lease) Refresh(ctx context.Context, ttl time.Duration) error {
 	if l == nil {
 		return fmt.Errorf("%w: nil lease", lock.ErrNotHeld)
@@ -88,21 +109,35 @@ func (l *Lease) Refresh(ctx context.Context, ttl time.Duration) error {
 	if err := lock.ValidateTTL(ttl, lock.MaxTTL); err != nil {
 		return err
 	}
-	if l.released.Load() {
-		return fmt.Errorf("%w: key %q: released", lock.ErrNotHeld, l.key)
-	}
 	m := l.m
 	if m.closed.Load() {
 		return lock.ErrClosed
 	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.released.Load() {
+		return fmt.Errorf("%w: key %q: released", lock.ErrNotHeld, l.key)
+	}
 	start := time.Now()
-	ok, err := m.refreshOnce(ctx, l.key, string(l.token), ttl)
+	_, hi := m.bounds()
+	if !l.exp.After(hi) {
+		// It may have ended on the server: another Manager may hold the
+		// key now. Give it up.
+		m.releaseLocked(ctx, l)
+		return fmt.Errorf("%w: key %q: expired", lock.ErrNotHeld, l.key)
+	}
+	exp := hi.Add(ttl)
+	ok, err := m.setByID(ctx, leaseID(l.key, l.n), bson.D{{Key: fExp, Value: date(exp)}})
 	if err != nil {
 		return m.wrapErr("refresh", l.key, err)
 	}
-	if !ok {
+	if _, hi := m.bounds(); !ok || !l.exp.After(hi) {
+		// The update may have landed after the lease ended, when another
+		// Manager could already have taken the key: not held.
+		m.releaseLocked(ctx, l)
 		return fmt.Errorf("%w: key %q", lock.ErrNotHeld, l.key)
 	}
+	l.exp = exp
 	s := m.shard(l.key)
 	s.mu.Lock()
 	if ks := s.keys[l.key]; ks != nil && ks.holder == l {
@@ -112,19 +147,18 @@ func (l *Lease) Refresh(ctx context.Context, ttl time.Duration) error {
 	return nil
 }
 
-// Release gives the key up if this lease still holds it: one update that
-// matches the token, clears tok and sets exp to the server's time. When a
-// waiter of the same Manager is asleep on the key, the same single update
-// hands the key to it instead (tok becomes the waiter's, n grows), so the
-// waiter holds the key when Release returns.
+// Release gives the key up if this lease still holds it: one update of the
+// lease's document by _id that marks it released. A waiter of the same
+// Manager is woken at once to try.
 //
 // It is idempotent: once a Release got the server's reply, later calls
 // return nil without I/O, and releasing a lease that expired or was taken
-// returns nil and frees nobody else's lease. A nil ctx returns an error
-// wrapping lock.ErrInvalidArgument and changes nothing. On a server error
-// it returns the error wrapped, with the key, and the lease ends at its TTL
-// at the latest (Release may be called again). On a closed Manager it
-// returns lock.ErrClosed.
+// returns nil and frees nobody else's lease (another acquisition has a
+// document of its own). A nil ctx returns an error wrapping
+// lock.ErrInvalidArgument and changes nothing. On a server error it returns
+// the error wrapped, with the key, and the lease ends at its TTL at the
+// latest (Release may be called again). On a closed Manager it returns
+// lock.ErrClosed.
 func (l *Lease) Release(ctx context.Context) error {
 	if l == nil {
 		return nil
@@ -139,18 +173,25 @@ func (l *Lease) Release(ctx context.Context) error {
 	if m.closed.Load() {
 		return lock.ErrClosed
 	}
-	var err error
-	if next := m.takeForHandoff(l); next != nil {
-		sent := time.Now()
-		var fence uint64
-		fence, err = m.handoffOnce(ctx, l.key, string(l.token), string(next.l.token), next.l.ttl)
-		m.finishHandoff(next, fence, sent)
-	} else {
-		err = m.releaseOnce(ctx, l.key, string(l.token))
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.released.Load() {
+		return nil
 	}
+	_, err := m.setByID(ctx, leaseID(l.key, l.n), bson.D{{Key: fRel, Value: true}})
 	if err != nil {
 		return m.wrapErr("release", l.key, err)
 	}
 	l.released.Store(true)
+	m.released(l)
 	return nil
+}
+
+// releaseLocked marks l's document released, best effort, for a lease that
+// is found lost. Call with l.mu held.
+func (m *Manager) releaseLocked(ctx context.Context, l *Lease) {
+	if _, err := m.setByID(ctx, leaseID(l.key, l.n), bson.D{{Key: fRel, Value: true}}); err == nil {
+		l.released.Store(true)
+		m.released(l)
+	}
 }

@@ -1,87 +1,88 @@
 // Package lockmongo is the MongoDB backend of package lock: a Manager that
-// hands out TTL-bounded leases on string keys, one document per key in a
-// collection the caller chooses, on the official driver
-// (go.mongodb.org/mongo-driver/v2).
+// hands out TTL-bounded leases on string keys in a collection the caller
+// chooses, on the official driver (go.mongodb.org/mongo-driver/v2). It keeps
+// mutual exclusion and growing fences across any number of Managers and
+// processes on MongoDB and on FerretDB 1.x, whose findAndModify and update
+// are not atomic (a read, then a write by _id): the only thing lockmongo
+// asks the server to do atomically is to refuse a second document with the
+// same _id (a duplicate-key error, E11000).
 //
 // # Documents
 //
-// The lock on user key k is the document
+// Every _id is a string; k is the key's bytes in unpadded base64url, and
+// numbers are 16 hex digits, so they sort as numbers:
 //
-//	{_id: BinData(0, k), tok: <token or "">, exp: <date>, n: <long>, base: <long>}
+//	h:k        {base: long, n: long}                     the key's meta document
+//	l:k:N      {tok, exp, rel, base, n: N, srv, at}      acquisition N of the key
+//	q:k:S      {tok, exp, gone}                          ticket S in the key's line
 //
-// _id is the key's bytes as binary (subtype 0), so any key, including
-// invalid UTF-8 and NUL bytes, is one _id. tok is the holder's token, ""
-// while free. exp is when the holder's lease ends on the server's clock,
-// or, while free, when it was released. n counts the key's acquisitions and
-// base is the server's time in microseconds when the document was created;
-// a lease's fence is base+n. Release clears tok and keeps the document, so
-// n, and with it the fence, grows across releases and expiries. base keeps
-// fences growing even after a free document was garbage-collected (see
-// below): a document made later starts above every fence the deleted one
-// gave out, as long as acquisitions of one key come less than one per
-// microsecond on average and the deleted document had been free for longer
-// than the clocks involved are wrong.
+// A lease's fence is base+N. base is the server's time in microseconds when
+// the meta document was inserted (so fences also grow across a collection
+// dropped and made again, and above the fences of lockmongo's earlier
+// one-document format); the meta document's n is only a hint of a recent N.
 //
-// Acquire is one findOneAndUpdate with upsert on _id that matches only a
-// free or expired document of the right shape; when the key is held the
-// upsert meets the existing _id and the server answers with a duplicate-key
-// error (E11000), after which one read fetches the holder's expiry.
-// Refresh and Release are single-document updates that match the token.
-// Nothing spans two documents or two requests, so nothing is half-written:
-// a document of another shape (a field missing or of another type) never
-// matches, and the call reports it as an error wrapping ErrBadDocument.
+// # Acquiring
 //
-// # Server time
+// An attempt finds the latest acquisition N of the key (from a hint it
+// reads l:k:N+1, N+2, ... by _id until one is missing, then N). When N is
+// live (not rel, exp ahead of the server's time) the key is held. Otherwise,
+// unless a live waiter's ticket is in line before the caller, it inserts
+// l:k:N+1 with its token. Of all the attempts that saw N as the latest and
+// ended, exactly one insert succeeds; the others get E11000 and look again.
+// Nothing but that insert decides who holds the key, so no update's
+// atomicity matters. A Refresh or Release updates its own acquisition's
+// document by _id, and only its own lease writes it (Refresh and Release of
+// one lease run one at a time).
 //
-// Expiry is decided on the server's clock, in one of two ways; Info reports
-// which one a Manager uses, and Options.ServerTime can force one.
-//
-//   - $$NOW (MongoDB 4.2 and later): acquire and refresh are update
-//     pipelines that compare and compute exp with the server's $$NOW. New
-//     detects it by sending one such update that matches nothing.
-//   - Offset (servers without update pipelines, such as FerretDB 1.x): the
-//     Manager samples the server's clock with hello (its localTime) and
-//     keeps the interval [lo, hi] the server's time must lie in: its width,
-//     the clock error bound, is the sample's round trip plus 1 ms (localTime
-//     has millisecond resolution) plus 100 ppm of the sample's age. A new
-//     sample is taken in the background once the last is 30 s old, and the
-//     narrowest is kept. A lease is written to end at hi+ttl and another
-//     Manager treats it as expired only once exp <= its lo, so no lease
-//     ends early on the server's clock; the price is that a lease may last
-//     up to the two Managers' error bounds longer. Refresh extends only a
-//     lease whose exp is after hi. Release uses $currentDate (the server's
-//     clock) on both paths.
-//
-// # Waiting
-//
-// Acquire on a held key does not hammer the server. The waiters of one
-// Manager on one key form a FIFO queue, and only the one in front talks to
-// the server:
-//
-//   - a Release by a lease of the same Manager hands the key to the front
-//     waiter in the same request (one findOneAndUpdate moves tok from the
-//     releasing lease to the waiter and increments n), so the waiter holds
-//     the key when Release returns;
-//   - otherwise the front waiter polls with exponential backoff from
-//     MinBackoff to MaxBackoff, never sleeping past the holder's remaining
-//     time as read from its exp; while the holder is a lease of this
-//     Manager it sleeps until that lease's expiry, since its Release will
-//     hand the key over.
-//
-// Change streams are not used: they need a replica set, and the servers
-// this backend is tested on (FerretDB 1.x) do not offer them, so waiters of
-// other processes find a release by polling. A failed poll costs two
-// requests (the findOneAndUpdate and the read of the holder's expiry).
+// A Refresh whose reply comes back after the lease's old end (as far as the
+// Manager's estimate of the server's clock can tell) reports lock.ErrNotHeld
+// and releases the lease: the update may have landed after another Manager
+// saw the lease ended and inserted N+1. A refresh that returns nil landed
+// before that end, so every Manager that later judges the lease sees its new
+// end.
 //
 // # Garbage collection
 //
-// New creates a TTL index on exp with expireAfterSeconds Options.FreeAfter
-// (default one day), so a document whose lease ended (released or expired)
-// that long ago is deleted by the server. A held document's exp lies in the
-// future, so it is never deleted. Servers without TTL indexes (FerretDB
-// 1.x) keep every document: one small document (about 60 bytes plus the
-// key) per distinct key ever locked, like the Redis fence counter; Info
-// reports it.
+// Acquisition documents and tickets pile up; a pass (CollectGarbage, run by
+// every Manager each Options.GCInterval) deletes them from the bottom of
+// each key's chain: acquisition N only when it is the lowest left and the
+// next one was inserted more than Options.FreeAfter ago, tickets once the
+// line has passed them. The latest acquisition and the meta document stay:
+// two small documents per key ever locked. An acquire attempt that takes
+// longer than FreeAfter/8 (at most a minute) from its first read to the
+// reply of its insert gives up what it inserted and starts again, and a
+// latest acquisition older than FreeAfter/2 is confirmed with a range query
+// on _id: together they make sure no insert gives out a number that was
+// given out and collected before. The README has the argument.
+//
+// # Server time
+//
+// Expiry is decided on the server's clock as this Manager estimates it: it
+// samples the server's clock with hello (its localTime) and keeps the
+// interval [lo, hi] the server's time must lie in: its width, the clock
+// error bound, is the sample's round trip plus 1 ms (localTime has
+// millisecond resolution) plus 100 ppm of the sample's age. A new sample is
+// taken in the background once the last is 30 s old, and the narrowest is
+// kept. A lease is written to end at hi+ttl, another Manager treats it as
+// ended only once exp <= its lo, and Refresh extends a lease only while its
+// end is after hi: no lease ends early on the server's clock; the price is
+// that a lease may last up to the two Managers' error bounds longer.
+//
+// # Waiting
+//
+// The waiters of one Manager on one key form a FIFO queue, and only the one
+// in front talks to the server. After its first attempt fails it takes a
+// ticket in the key's line (the first free number above the latest
+// acquisition's srv, inserted: the insert decides between two takers) and
+// keeps it alive every LineTTL/3. An attempt without a ticket (TryAcquire, a
+// first attempt) does not take a key while a live ticket is in line; one
+// with a ticket only when no live ticket is before it, and its acquisition
+// records srv = its number, so that the line moves on. Waiters of all
+// Managers are thus served in the order they took their tickets. A waiter
+// polls with exponential backoff from MinBackoff to MaxBackoff, never
+// sleeping past the holder's remaining time; a Release of a lease of the
+// same Manager wakes it at once. Change streams are not used: they need a
+// replica set, which FerretDB 1.x does not offer.
 package lockmongo
 
 import (
@@ -95,18 +96,28 @@ import (
 	"github.com/klauthed/lock"
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
-	"go.mongodb.org/mongo-driver/v2/mongo/options"
 )
 
 // Defaults for the zero fields of Options.
 const (
 	DefaultFreeAfter      = 24 * time.Hour
+	DefaultGCInterval     = time.Hour
+	DefaultLineTTL        = 3 * time.Second
 	DefaultMinBackoff     = time.Millisecond
 	DefaultMaxBackoff     = 50 * time.Millisecond
 	DefaultCleanupTimeout = time.Second
 )
 
-// TTLIndexName is the name of the TTL index New creates on exp.
+// MinFreeAfter is the shortest positive Options.FreeAfter.
+const MinFreeAfter = time.Second
+
+// TTLIndexName was the name of the TTL index that earlier versions created
+// on exp.
+//
+// Deprecated: New creates no TTL index any more: a TTL index would delete
+// the latest acquisition of a key, which must stay (see the package
+// documentation). An index of this name left by an earlier version should
+// be dropped.
 const TTLIndexName = "klauthed_lock_exp_ttl"
 
 // ServerTime selects how a Manager reads the server's clock; see the package
@@ -114,13 +125,13 @@ const TTLIndexName = "klauthed_lock_exp_ttl"
 type ServerTime int
 
 const (
-	// ServerTimeAuto uses $$NOW where the server has update pipelines, and
-	// the offset otherwise.
+	// ServerTimeAuto is the offset from hello's localTime, the only path.
 	ServerTimeAuto ServerTime = iota
-	// ServerTimeNow requires $$NOW: New fails on a server without it.
+	// ServerTimeNow asked for $$NOW in update pipelines. New rejects it
+	// with lock.ErrInvalidOptions: acquisitions are inserts, which cannot
+	// compute a field on the server.
 	ServerTimeNow
-	// ServerTimeOffset uses the offset from hello's localTime even where
-	// $$NOW is available.
+	// ServerTimeOffset is the offset from hello's localTime.
 	ServerTimeOffset
 )
 
@@ -132,14 +143,25 @@ var ErrBadDocument = errBadDoc
 // Options configures New. The zero value of every field means its
 // documented default. New copies it.
 type Options struct {
-	// FreeAfter is how long after a lease ended (released or expired) the
-	// server's TTL monitor may delete its document. Zero means
-	// DefaultFreeAfter; negative creates no TTL index (documents stay).
-	// Every Manager on a collection must use the same value: New fails if
-	// the index exists with another. With zero, a server that does not
-	// implement TTL indexes is accepted without garbage collection; with a
-	// positive value New fails on such a server.
+	// FreeAfter is how long an acquisition document stays after the next
+	// acquisition of its key was inserted, before garbage collection may
+	// delete it; see the package documentation. It also bounds an acquire
+	// attempt to FreeAfter/8 (at most a minute). Zero means
+	// DefaultFreeAfter; negative keeps every document (no garbage
+	// collection, no bound). A positive value below MinFreeAfter is
+	// rejected. Every Manager on a collection must use the same value.
 	FreeAfter time.Duration
+
+	// GCInterval is how often the Manager runs a garbage-collection pass
+	// in the background (the first one after one interval). Zero means
+	// DefaultGCInterval; negative runs none (CollectGarbage still works).
+	GCInterval time.Duration
+
+	// LineTTL is how long a waiter's ticket in a key's line lasts unless
+	// the waiter keeps it alive, which Acquire does every LineTTL/3. It
+	// bounds how long a waiter whose process died holds up the line. Zero
+	// means DefaultLineTTL; it must be at least 30ms.
+	LineTTL time.Duration
 
 	// ServerTime selects the time path. Zero means ServerTimeAuto.
 	ServerTime ServerTime
@@ -152,22 +174,22 @@ type Options struct {
 	// CleanupTimeout bounds the release that is sent, in the background
 	// and after the call returned, when the context of an Acquire or
 	// TryAcquire ended while its request was in flight (it may have taken
-	// the lock for a caller who is gone). Zero means DefaultCleanupTimeout;
-	// negative sends none, leaving such a lock to its TTL.
+	// the lock for a caller who is gone), and the update that takes a
+	// waiter's ticket out of line when it stops waiting. Zero means
+	// DefaultCleanupTimeout; negative sends none, leaving such a lock to its
+	// TTL and such a ticket to LineTTL.
 	CleanupTimeout time.Duration
 }
 
 // Info says which server features a Manager uses.
 type Info struct {
-	// ServerNow is true when expiry is computed with $$NOW on the server,
-	// false when with the offset from hello's localTime.
+	// ServerNow is always false: expiry is computed with the offset from
+	// hello's localTime.
 	ServerNow bool
 	// ClockErrorBound is the width of the server clock interval at the
-	// time of the call (offset path; the $$NOW path uses it only to time
-	// wake-ups).
+	// time of the call.
 	ClockErrorBound time.Duration
-	// TTLIndex is true when free documents are garbage-collected by the TTL
-	// index on exp.
+	// TTLIndex is always false: documents are collected by CollectGarbage.
 	TTLIndex bool
 	// ChangeStreams is always false: waiters of other processes poll.
 	ChangeStreams bool
@@ -178,21 +200,26 @@ type Info struct {
 // done. A nil *Manager returns lock.ErrClosed from every call.
 type Manager struct {
 	coll      *mongo.Collection
-	serverNow bool
-	ttlIndex  bool
 	clock     serverClock
 	minBO     time.Duration
 	maxBO     time.Duration
 	cleanup   time.Duration
+	lineTTL   time.Duration
+	freeAfter time.Duration // <= 0: no garbage collection
+	round     time.Duration // longest acquire attempt; 0: unbounded
+	ancient   time.Duration // a latest acquisition older is confirmed; 0: never
 
 	shards [numShards]shard
+
+	hintMu sync.Mutex
+	hints  map[string]hint
 
 	closed  atomic.Bool
 	closeMu sync.RWMutex // orders wg.Add against Close
 	done    chan struct{}
 	ctx     context.Context // cancelled by Close
 	cancel  context.CancelFunc
-	wg      sync.WaitGroup // background clock samples and cleanups
+	wg      sync.WaitGroup // background clock samples, cleanups, GC
 }
 
 var _ lock.Manager = (*Manager)(nil)
@@ -200,12 +227,10 @@ var _ lock.Manager = (*Manager)(nil)
 // New returns a Manager that keeps its locks in coll, whose client the
 // caller keeps owning (Close does not disconnect it).
 //
-// It creates the TTL index on exp (see Options.FreeAfter), detects whether
-// the server has $$NOW in update pipelines (one update that matches
-// nothing) and samples the server's clock (three hello commands). On
-// failure (nil ctx or coll, bad options, server unreachable, an index that
-// conflicts, ServerTimeNow on a server without pipelines) it returns an
-// error and no Manager; an index it created stays.
+// It samples the server's clock (three hello commands) and starts the
+// background garbage collection (Options.GCInterval); it writes nothing. On
+// failure (nil ctx or coll, bad options, server unreachable) it returns an
+// error and no Manager.
 func New(ctx context.Context, coll *mongo.Collection, opts Options) (*Manager, error) {
 	if err := lock.ValidateContext(ctx); err != nil {
 		return nil, fmt.Errorf("lockmongo: new: %w", err)
@@ -226,93 +251,58 @@ func New(ctx context.Context, coll *mongo.Collection, opts Options) (*Manager, e
 	if opts.CleanupTimeout == 0 {
 		opts.CleanupTimeout = DefaultCleanupTimeout
 	}
-	if opts.ServerTime < ServerTimeAuto || opts.ServerTime > ServerTimeOffset {
+	if opts.LineTTL == 0 {
+		opts.LineTTL = DefaultLineTTL
+	}
+	if opts.LineTTL < 30*time.Millisecond {
+		return nil, fmt.Errorf("lockmongo: new: %w: LineTTL %v is below 30ms",
+			lock.ErrInvalidOptions, opts.LineTTL)
+	}
+	if opts.FreeAfter == 0 {
+		opts.FreeAfter = DefaultFreeAfter
+	}
+	if opts.FreeAfter > 0 && opts.FreeAfter < MinFreeAfter {
+		return nil, fmt.Errorf("lockmongo: new: %w: FreeAfter %v is below %v",
+			lock.ErrInvalidOptions, opts.FreeAfter, MinFreeAfter)
+	}
+	if opts.GCInterval == 0 {
+		opts.GCInterval = DefaultGCInterval
+	}
+	switch opts.ServerTime {
+	case ServerTimeAuto, ServerTimeOffset:
+	case ServerTimeNow:
+		return nil, fmt.Errorf("lockmongo: new: %w: ServerTimeNow is no longer supported: "+
+			"acquisitions are inserts, which cannot use $$NOW", lock.ErrInvalidOptions)
+	default:
 		return nil, fmt.Errorf("lockmongo: new: %w: unknown ServerTime %d",
 			lock.ErrInvalidOptions, opts.ServerTime)
 	}
 	m := &Manager{
-		coll:    coll,
-		minBO:   opts.MinBackoff,
-		maxBO:   opts.MaxBackoff,
-		cleanup: opts.CleanupTimeout,
-		done:    make(chan struct{}),
+		coll:      coll,
+		minBO:     opts.MinBackoff,
+		maxBO:     opts.MaxBackoff,
+		cleanup:   opts.CleanupTimeout,
+		lineTTL:   opts.LineTTL,
+		freeAfter: opts.FreeAfter,
+		hints:     make(map[string]hint),
+		done:      make(chan struct{}),
+	}
+	if m.freeAfter > 0 {
+		m.round = min(m.freeAfter/8, time.Minute)
+		m.ancient = m.freeAfter / 2
 	}
 	m.clock.db = coll.Database()
 	for i := range m.shards {
 		m.shards[i].keys = make(map[string]*keyState)
 	}
-	var err error
-	if m.ttlIndex, err = createTTLIndex(ctx, coll, opts.FreeAfter); err != nil {
-		return nil, err
-	}
-	if opts.ServerTime != ServerTimeOffset {
-		m.serverNow, err = probeServerNow(ctx, coll)
-		if err != nil {
-			return nil, err
-		}
-		if !m.serverNow && opts.ServerTime == ServerTimeNow {
-			return nil, fmt.Errorf("lockmongo: new: %w: ServerTimeNow, but the server has no "+
-				"update pipelines with $$NOW (MongoDB 4.2 or later)", lock.ErrInvalidOptions)
-		}
-	}
 	if err := m.clock.init(ctx); err != nil {
 		return nil, err
 	}
 	m.ctx, m.cancel = context.WithCancel(context.Background())
+	if m.freeAfter > 0 && opts.GCInterval > 0 {
+		m.background(func() { m.gcLoop(opts.GCInterval) })
+	}
 	return m, nil
-}
-
-// createTTLIndex creates the TTL index on exp for freeAfter and reports
-// whether the collection has it.
-func createTTLIndex(ctx context.Context, coll *mongo.Collection, freeAfter time.Duration,
-) (bool, error) {
-	if freeAfter < 0 {
-		return false, nil
-	}
-	explicit := freeAfter > 0
-	if !explicit {
-		freeAfter = DefaultFreeAfter
-	}
-	secs := int32(min((freeAfter+time.Second-1)/time.Second, 1<<31-1))
-	_, err := coll.Indexes().CreateOne(ctx, mongo.IndexModel{
-		Keys:    bson.D{{Key: fExp, Value: 1}},
-		Options: options.Index().SetName(TTLIndexName).SetExpireAfterSeconds(secs),
-	})
-	if err == nil {
-		return true, nil
-	}
-	var ce mongo.CommandError
-	if errors.As(err, &ce) && ce.Code == codeNotImplemented && !explicit {
-		return false, nil // FerretDB 1.x: documented growth instead
-	}
-	return false, fmt.Errorf("lockmongo: new: create TTL index %q on %q (expireAfterSeconds %d; "+
-		"every Manager on a collection needs the same FreeAfter): %w", TTLIndexName, fExp, secs, err)
-}
-
-// codeNotImplemented is the server's error code for a feature it lacks.
-const codeNotImplemented = 238
-
-// probeID is the _id of the probe update. Lock documents have binary ids,
-// so a string id never names one, and the probe matches nothing.
-const probeID = "klauthed:lock:probe"
-
-// probeServerNow sends an update pipeline using $$NOW that matches no
-// document and reports whether the server accepted it.
-func probeServerNow(ctx context.Context, coll *mongo.Collection) (bool, error) {
-	err := coll.FindOneAndUpdate(ctx, bson.D{{Key: "_id", Value: probeID}},
-		mongo.Pipeline{{{Key: "$set", Value: bson.D{{Key: "probe", Value: "$$NOW"}}}}}).Err()
-	if errors.Is(err, mongo.ErrNoDocuments) {
-		return true, nil
-	}
-	var se mongo.ServerError
-	if errors.As(err, &se) {
-		return false, nil
-	}
-	if err == nil {
-		return false, fmt.Errorf("lockmongo: new: the probe update matched a document with _id %q",
-			probeID)
-	}
-	return false, fmt.Errorf("lockmongo: new: probe for $$NOW: %w", err)
 }
 
 // Info reports the server features the Manager uses. A nil Manager reports
@@ -321,7 +311,7 @@ func (m *Manager) Info() Info {
 	if m == nil {
 		return Info{}
 	}
-	return Info{ServerNow: m.serverNow, ClockErrorBound: m.clock.errorBound(), TTLIndex: m.ttlIndex}
+	return Info{ClockErrorBound: m.clock.errorBound()}
 }
 
 // Close stops the Manager: waiting Acquire calls return lock.ErrClosed and
@@ -388,7 +378,7 @@ func (m *Manager) TryAcquire(ctx context.Context, key string, ttl time.Duration,
 	if !m.beginTry(key) {
 		return nil, false, nil
 	}
-	res, err := m.attempt(ctx, l)
+	res, err := m.attempt(ctx, l, 0)
 	if err != nil || !res.acquired {
 		m.endTry(key, nil)
 		if err != nil {
@@ -396,42 +386,57 @@ func (m *Manager) TryAcquire(ctx context.Context, key string, ttl time.Duration,
 		}
 		return nil, false, nil
 	}
-	l.fence = res.fence
+	l.fence, l.n, l.exp = res.fence, res.n, res.exp
 	m.endTry(key, l)
 	return l, true, nil
 }
 
 // attempt runs acquireOnce for l, again at once (at most twice more) when
-// the document changed under it, and sends a cleanup release in the
-// background when ctx ended while a request was in flight.
-func (m *Manager) attempt(ctx context.Context, l *Lease) (attemptResult, error) {
+// the key changed under it, and sends a cleanup release in the background
+// when ctx ended while a request was in flight.
+func (m *Manager) attempt(ctx context.Context, l *Lease, seq int64) (attemptResult, error) {
+	retries := 0
 	for range 3 {
-		l.sent = time.Now()
-		res, err := m.acquireOnce(ctx, l.key, string(l.token), l.ttl)
+		res, err := m.acquireOnce(ctx, l, seq)
+		if errors.Is(err, errRetry) {
+			if retries++; retries == 3 {
+				return attemptResult{}, errSlow
+			}
+			continue
+		}
 		if err != nil {
 			if ctx.Err() != nil || isCtxErr(err) {
 				m.cleanupAcquire(l)
 			}
 			return res, err
 		}
-		if res.acquired || res.remaining > 0 {
+		if res.acquired || res.remaining > 0 || res.rejoin {
 			return res, nil
 		}
 	}
 	return attemptResult{}, nil
 }
 
+// errSlow is returned when attempts keep taking longer than FreeAfter/8.
+var errSlow = errors.New("acquire attempts took longer than FreeAfter/8 three times; " +
+	"the server is too slow for this FreeAfter")
+
 // cleanupAcquire releases, in the background and bounded by CleanupTimeout,
-// what an acquire request abandoned in flight may have taken. The release
-// matches l's token, so it never frees another holder.
+// what an acquire request abandoned in flight may have taken: it reads the
+// acquisition document the request was inserting and marks it released if
+// it carries l's token, so it never frees another holder.
 func (m *Manager) cleanupAcquire(l *Lease) {
-	if m.cleanup <= 0 {
+	n := l.tryN.Load()
+	if m.cleanup <= 0 || n == 0 {
 		return
 	}
 	m.background(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), min(m.cleanup, l.ttl))
+		ctx, cancel := context.WithTimeout(m.ctx, min(m.cleanup, max(l.ttl, 100*time.Millisecond)))
 		defer cancel()
-		_ = m.releaseOnce(ctx, l.key, string(l.token))
+		d, err := m.readLease(ctx, l.key, n)
+		if err == nil && d != nil && d.tok == string(l.token) && !d.rel {
+			_, _ = m.setByID(ctx, leaseID(l.key, n), bson.D{{Key: fRel, Value: true}})
+		}
 	})
 }
 

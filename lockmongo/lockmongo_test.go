@@ -1,9 +1,11 @@
 package lockmongo_test
 
 import (
-	"bytes"
 	"context"
+	"encoding/base64"
 	"errors"
+	"fmt"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -123,55 +125,96 @@ func TestAcquire_otherManagerReleases_waiterPollsAndWins(t *testing.T) {
 	}
 }
 
+// docID returns the _id lockmongo gives a key's document: prefix "h" (meta),
+// "l" (acquisition n) or "q" (ticket n); see the package documentation.
+func docID(prefix, key string, n int64) string {
+	id := prefix + ":" + base64.RawURLEncoding.EncodeToString([]byte(key))
+	if prefix == "h" {
+		return id
+	}
+	return fmt.Sprintf("%s:%016x", id, n)
+}
+
+// keyDocs returns the documents of key, sorted by _id.
+func keyDocs(t *testing.T, coll *mongo.Collection, key string) []bson.M {
+	t.Helper()
+	enc := base64.RawURLEncoding.EncodeToString([]byte(key))
+	var ids bson.A
+	for _, p := range []string{"h:", "l:", "q:"} {
+		ids = append(ids, bson.D{{Key: "_id", Value: bson.D{
+			{Key: "$gte", Value: p + enc}, {Key: "$lte", Value: p + enc + ";"},
+		}}})
+	}
+	cur, err := coll.Find(ctxT(t), bson.D{{Key: "$or", Value: ids}},
+		options.Find().SetSort(bson.D{{Key: "_id", Value: 1}}))
+	if err != nil {
+		t.Fatalf("Find = %v", err)
+	}
+	var docs []bson.M
+	if err := cur.All(ctxT(t), &docs); err != nil {
+		t.Fatalf("All = %v", err)
+	}
+	return docs
+}
+
 // TestAcquire_documentOfWrongShape_errorAndUnchanged: a document lockmongo
 // did not write gives a wrapped ErrBadDocument with the key, and is left as
 // it was.
 func TestAcquire_documentOfWrongShape_errorAndUnchanged(t *testing.T) {
 	a, _, coll := twoManagers(t)
+	goodMeta := bson.D{{Key: "base", Value: int64(5)}, {Key: "n", Value: int64(0)}}
 	for _, tc := range []struct {
 		name string
-		doc  bson.D
+		docs func(key string) []bson.D
 	}{
-		{"tokNumber", bson.D{{Key: "tok", Value: 5}}},
-		{"nString", bson.D{{Key: "tok", Value: ""}, {Key: "exp", Value: bson.DateTime(0)},
-			{Key: "n", Value: "x"}, {Key: "base", Value: int64(0)}}},
-		{"noBase", bson.D{{Key: "tok", Value: ""}, {Key: "exp", Value: bson.DateTime(0)},
-			{Key: "n", Value: int64(1)}}},
+		{"metaBaseString", func(key string) []bson.D {
+			return []bson.D{{{Key: "_id", Value: docID("h", key, 0)},
+				{Key: "base", Value: "x"}, {Key: "n", Value: int64(0)}}}
+		}},
+		{"leaseTokNumber", func(key string) []bson.D {
+			return []bson.D{
+				append(bson.D{{Key: "_id", Value: docID("h", key, 0)}}, goodMeta...),
+				{{Key: "_id", Value: docID("l", key, 1)}, {Key: "tok", Value: 5}},
+			}
+		}},
+		{"leaseNoRel", func(key string) []bson.D {
+			return []bson.D{
+				append(bson.D{{Key: "_id", Value: docID("h", key, 0)}}, goodMeta...),
+				{{Key: "_id", Value: docID("l", key, 1)}, {Key: "tok", Value: ""},
+					{Key: "exp", Value: bson.DateTime(0)}, {Key: "base", Value: int64(5)},
+					{Key: "n", Value: int64(1)}, {Key: "srv", Value: int64(0)},
+					{Key: "at", Value: bson.DateTime(0)}},
+			}
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			key := "bad-" + tc.name
-			id := bson.Binary{Data: []byte(key)}
-			doc := append(bson.D{{Key: "_id", Value: id}}, tc.doc...)
-			if _, err := coll.InsertOne(ctxT(t), doc); err != nil {
-				t.Fatalf("InsertOne = %v", err)
+			for _, d := range tc.docs(key) {
+				if _, err := coll.InsertOne(ctxT(t), d); err != nil {
+					t.Fatalf("InsertOne = %v", err)
+				}
 			}
+			before := keyDocs(t, coll, key)
 			_, ok, err := a.TryAcquire(ctxT(t), key, time.Minute)
-			if ok || !errors.Is(err, lockmongo.ErrBadDocument) {
-				t.Fatalf("TryAcquire = %v, %v; want ErrBadDocument", ok, err)
+			if ok || !errors.Is(err, lockmongo.ErrBadDocument) || !strings.Contains(err.Error(), key) {
+				t.Fatalf("TryAcquire = %v, %v; want ErrBadDocument naming the key", ok, err)
 			}
 			c, cancel := context.WithTimeout(ctxT(t), time.Second)
 			defer cancel()
 			if _, err := a.Acquire(c, key, time.Minute); !errors.Is(err, lockmongo.ErrBadDocument) {
 				t.Fatalf("Acquire = %v; want ErrBadDocument", err)
 			}
-			var after bson.D
-			if err := coll.FindOne(ctxT(t), bson.D{{Key: "_id", Value: id}}).Decode(&after); err != nil {
-				t.Fatalf("FindOne = %v", err)
-			}
-			want, _ := bson.Marshal(doc)
-			got, _ := bson.Marshal(after)
-			if !bytes.Equal(want, got) {
-				t.Fatalf("document changed: %v, want %v", after, doc)
+			if after := keyDocs(t, coll, key); !reflect.DeepEqual(before, after) {
+				t.Fatalf("documents changed: %v, want %v", after, before)
 			}
 		})
 	}
 }
 
-// TestNew_onFerretDB_reportsOffsetPathAndNoTTLIndex: FerretDB 1.x has no
-// update pipelines and no TTL indexes, so the zero Options take the offset
-// path without garbage collection, and options that require either fail
-// with a clear error.
-func TestNew_onFerretDB_reportsOffsetPathAndNoTTLIndex(t *testing.T) {
+// TestNew_onFerretDB_reportsOffsetPath: FerretDB 1.x has no update
+// pipelines; the only time path is the offset, and New rejects
+// ServerTimeNow and out-of-range FreeAfter and LineTTL.
+func TestNew_onFerretDB_reportsOffsetPath(t *testing.T) {
 	srv := ferrettest.Start(t)
 	coll := srv.Client(t).Database("lockmongo_test").Collection(collName())
 	m := newManager(t, coll, lockmongo.Options{})
@@ -182,14 +225,16 @@ func TestNew_onFerretDB_reportsOffsetPathAndNoTTLIndex(t *testing.T) {
 	if info.ClockErrorBound <= 0 || info.ClockErrorBound > time.Second {
 		t.Fatalf("ClockErrorBound = %v; want a small positive bound", info.ClockErrorBound)
 	}
-	_, err := lockmongo.New(ctxT(t), coll, lockmongo.Options{ServerTime: lockmongo.ServerTimeNow})
-	if !errors.Is(err, lock.ErrInvalidOptions) {
-		t.Fatalf("New(ServerTimeNow) on FerretDB = %v; want ErrInvalidOptions", err)
+	for _, o := range []lockmongo.Options{
+		{ServerTime: lockmongo.ServerTimeNow},
+		{FreeAfter: 10 * time.Millisecond},
+		{LineTTL: time.Millisecond},
+	} {
+		if _, err := lockmongo.New(ctxT(t), coll, o); !errors.Is(err, lock.ErrInvalidOptions) {
+			t.Fatalf("New(%+v) = %v; want ErrInvalidOptions", o, err)
+		}
 	}
-	_, err = lockmongo.New(ctxT(t), coll, lockmongo.Options{FreeAfter: time.Hour})
-	if err == nil || !strings.Contains(err.Error(), lockmongo.TTLIndexName) {
-		t.Fatalf("New(FreeAfter: 1h) without TTL indexes = %v; want an error naming the index", err)
-	}
+	newManager(t, coll, lockmongo.Options{FreeAfter: time.Hour, GCInterval: -1})
 }
 
 func TestNew_badArguments_errorsWithoutIO(t *testing.T) {

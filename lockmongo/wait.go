@@ -35,16 +35,10 @@ type keyState struct {
 	trying int
 }
 
-// waiter is one waiting Acquire call. Its flags are guarded by the shard's
-// mutex.
+// waiter is one waiting Acquire call.
 type waiter struct {
 	l    *Lease
 	wake chan struct{} // cap 1: a wake is never lost nor blocks the waker
-
-	handoff bool   // a releaser is moving the key to this waiter
-	handed  bool   // that hand-off won: l holds the key with fence
-	fence   uint64 // the fence the hand-off got
-	gone    bool   // the Acquire returned while a hand-off was in flight
 }
 
 func (w *waiter) poke() {
@@ -157,24 +151,26 @@ func (m *Manager) Acquire(ctx context.Context, key string, ttl time.Duration) (l
 	return m.wait(ctx, s, w)
 }
 
-// wait runs Acquire for w, which is in its key's queue.
+// wait runs Acquire for w, which is in its key's queue. Only the head of
+// the queue talks to the server; after its first attempt fails it holds a
+// ticket in the key's line, kept alive every LineTTL/3.
 func (m *Manager) wait(ctx context.Context, s *shard, w *waiter) (lock.Lease, error) {
 	l := w.l
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
-	var backoff time.Duration
+	var (
+		backoff time.Duration
+		seen    int64     // the latest acquisition number the last attempt saw
+		seq     int64     // our ticket, 0 for none
+		keepAt  time.Time // when to extend it next (local clock)
+	)
+	leave := func(err error) (lock.Lease, error) {
+		m.leaveLine(l, seq, false)
+		return nil, m.leave(s, w, err)
+	}
 	for {
 		s.mu.Lock()
-		if w.handed {
-			// A Release of this Manager moved the key to us.
-			l.fence = w.fence
-			ks := s.keys[l.key]
-			ks.holder, ks.holderUntil = l, l.sent.Add(l.ttl)
-			s.remove(l.key, w)
-			s.mu.Unlock()
-			return l, nil
-		}
 		ks := s.keys[l.key]
 		sleep := time.Duration(-1) // no timer: wait to be woken
 		localLeft := time.Duration(0)
@@ -182,33 +178,65 @@ func (m *Manager) wait(ctx context.Context, s *shard, w *waiter) (lock.Lease, er
 			localLeft = time.Until(ks.holderUntil)
 		}
 		switch {
-		case ks.q[0] != w || w.handoff || ks.trying > 0:
+		case ks.q[0] != w || ks.trying > 0:
 			// Not our turn to talk to the server: wait to be woken.
-		case localLeft > 0:
-			// Our own lease holds the key: its Release hands off; the
+		case localLeft > 0 && seq > 0:
+			// Our own lease holds the key: its Release wakes us; the
 			// timer covers a lease left to expire.
 			sleep = localLeft + time.Millisecond
 		default:
 			ks.trying++
 			s.mu.Unlock()
-			res, err := m.attempt(ctx, l)
+			res, err := m.attempt(ctx, l, seq)
+			if err == nil && !res.acquired && (seq == 0 || res.rejoin) {
+				// Take a place in the key's line (again, when passed over).
+				m.leaveLine(l, seq, false)
+				seq, _, err = m.joinLine(ctx, l, res.srv)
+				keepAt = time.Now().Add(m.lineTTL / 3)
+			}
 			s.mu.Lock()
 			ks.trying--
 			if err != nil || res.acquired {
 				if err == nil {
-					l.fence = res.fence
+					l.fence, l.n, l.exp = res.fence, res.n, res.exp
 					ks.holder, ks.holderUntil = l, l.sent.Add(l.ttl)
 				}
 				s.remove(l.key, w)
 				s.mu.Unlock()
 				if err != nil {
+					if ctx.Err() != nil || isCtxErr(err) {
+						m.cleanupAcquire(l)
+					}
+					m.leaveLine(l, seq, false)
 					return nil, m.acquireErr(ctx, l.key, err)
 				}
+				m.leaveLine(l, seq, true)
 				return l, nil
 			}
+			if res.latest != seen && seen != 0 {
+				// The key changed hands since we last looked: it is
+				// moving, so look again sooner.
+				backoff = min(backoff, 4*m.minBO)
+			}
+			seen = res.latest
 			sleep, backoff = m.sleepFor(ks, res, backoff)
 		}
 		s.mu.Unlock()
+		if seq > 0 {
+			if d := time.Until(keepAt); d <= 0 {
+				_, err := m.keepTicket(ctx, l, seq)
+				if err != nil {
+					if ctx.Err() != nil {
+						return leave(notAcquired(l.key, ctx.Err()))
+					}
+					return leave(m.acquireErr(ctx, l.key, err))
+				}
+				keepAt = time.Now().Add(m.lineTTL / 3)
+				continue
+			} else if sleep < 0 || sleep > d {
+				sleep = d
+			}
+		}
 		var timerC <-chan time.Time
 		if sleep >= 0 {
 			timer.Reset(sleep)
@@ -218,9 +246,9 @@ func (m *Manager) wait(ctx context.Context, s *shard, w *waiter) (lock.Lease, er
 		case <-w.wake:
 		case <-timerC:
 		case <-ctx.Done():
-			return nil, m.leave(s, w, notAcquired(l.key, ctx.Err()))
+			return leave(notAcquired(l.key, ctx.Err()))
 		case <-m.done:
-			return nil, m.leave(s, w, lock.ErrClosed)
+			return leave(lock.ErrClosed)
 		}
 		if !timer.Stop() && timerC != nil {
 			select {
@@ -238,34 +266,24 @@ func (m *Manager) sleepFor(ks *keyState, res attemptResult, backoff time.Duratio
 ) (time.Duration, time.Duration) {
 	if ks.holder != nil {
 		if left := time.Until(ks.holderUntil); left > 0 {
-			// Our own lease holds the key: its Release hands off; this
+			// Our own lease holds the key: its Release wakes us; this
 			// timer covers a lease left to expire.
 			return left + time.Millisecond, 0
 		}
 	}
 	backoff = min(max(2*backoff, m.minBO), m.maxBO)
 	if res.remaining <= 0 {
-		return 0, backoff // the document changed under us: try again at once
+		return 0, backoff // the key changed under us: try again at once
 	}
 	return min(backoff, res.remaining+time.Millisecond), backoff
 }
 
-// leave is for a waiter whose Acquire returns err without the key. A
-// hand-off in flight to it finishes in the releaser, which undoes what it
-// won for the waiter.
+// leave takes w, whose Acquire returns err without the key, out of its
+// key's queue.
 func (m *Manager) leave(s *shard, w *waiter, err error) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	switch {
-	case w.handoff:
-		w.gone = true
-	case w.handed:
-		// Won just now, but the caller is gone: give it back.
-		s.remove(w.l.key, w)
-		m.cleanupAcquire(w.l)
-	default:
-		s.remove(w.l.key, w)
-	}
+	s.remove(w.l.key, w)
 	return err
 }
 
@@ -282,48 +300,20 @@ func (m *Manager) acquireErr(ctx context.Context, key string, err error) error {
 	return m.wrapErr("acquire", key, err)
 }
 
-// takeForHandoff takes the head waiter of l's key for a hand-off if no
-// acquire request for the key is in flight; otherwise it pokes the head, so
-// that it tries again at once after that request.
-func (m *Manager) takeForHandoff(l *Lease) *waiter {
+// released forgets l as its key's local holder and wakes the key's head
+// waiter, so that it tries at once.
+func (m *Manager) released(l *Lease) {
 	s := m.shard(l.key)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ks := s.keys[l.key]
 	if ks == nil {
-		return nil
+		return
 	}
 	if ks.holder == l {
 		ks.holder = nil
 	}
-	if len(ks.q) == 0 {
-		return nil
+	if len(ks.q) > 0 {
+		ks.q[0].poke()
 	}
-	w := ks.q[0]
-	if ks.trying > 0 || w.handoff || w.handed {
-		w.poke()
-		return nil
-	}
-	w.handoff = true
-	return w
-}
-
-// finishHandoff records the outcome of a hand-off to w: fence > 0 means w
-// holds the key.
-func (m *Manager) finishHandoff(w *waiter, fence uint64, sent time.Time) {
-	s := m.shard(w.l.key)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	w.handoff = false
-	if w.gone {
-		s.remove(w.l.key, w)
-		if fence > 0 {
-			m.cleanupAcquire(w.l)
-		}
-		return
-	}
-	if fence > 0 {
-		w.handed, w.fence, w.l.sent = true, fence, sent
-	}
-	w.poke()
 }
