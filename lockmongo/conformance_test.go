@@ -79,5 +79,6 @@ func TestConformance_FerretDB(t *testing.T) {
 		Nil:     (*lockmongo.Manager)(nil),
 		MaxTTL:  lock.MaxTTL,
 		Unit:    100 * time.Millisecond,
+		Slow:    true, // FerretDB scans its table on every request, in this process
 	})
 }

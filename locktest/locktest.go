@@ -57,6 +57,11 @@ type Backend struct {
 	// MaxTTL is the longest TTL the backend accepts. Zero means lock.MaxTTL.
 	MaxTTL time.Duration
 
+	// Slow says each call takes milliseconds (a database, or a test server
+	// running in the test binary under -race): cases that make hundreds of
+	// calls make a fifth as many, so they finish within their deadlines.
+	Slow bool
+
 	// Unit is a TTL short enough to test expiry quickly yet long enough to be
 	// reliable: lockmem 1s (on a fake clock), a real Redis about 100ms.
 	// Leases meant to expire get TTL Unit; leases that must not expire during
