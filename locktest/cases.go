@@ -208,11 +208,7 @@ func (s *suite) testRefreshAfterExpiry(t *testing.T) {
 }
 
 func (s *suite) testRefreshAfterAnotherTook(t *testing.T) {
-	m := s.b.New(t)
-	p := s.b.Peer(t, m)
-	k := key(t)
-	old := mustTake(t, m, k, s.b.Unit)
-	s.expire(t, m)
+	m, p, k, old := s.expiredHolder(t)
 	cur := mustTake(t, p, k, s.long())
 	if err := old.Refresh(ctx(t), s.long()); !isErr(err, lock.ErrNotHeld) {
 		t.Fatalf("stale Refresh = %v, want ErrNotHeld", err)
@@ -243,13 +239,21 @@ func (s *suite) testRefreshBadTTL(t *testing.T) {
 	release(t, l)
 }
 
+// expiredHolder returns a Manager, a peer of it and a fresh key, with the
+// lease old taken on the key through the Manager and already expired.
+func (s *suite) expiredHolder(t *testing.T) (m, p lock.Manager, k string, old lock.Lease) {
+	t.Helper()
+	m = s.b.New(t)
+	p = s.b.Peer(t, m)
+	k = key(t)
+	old = mustTake(t, m, k, s.b.Unit)
+	s.expire(t, m)
+	return m, p, k, old
+}
+
 // testStaleRelease: a holder that expired cannot free the next holder's key.
 func (s *suite) testStaleRelease(t *testing.T) {
-	m := s.b.New(t)
-	p := s.b.Peer(t, m)
-	k := key(t)
-	old := mustTake(t, m, k, s.b.Unit)
-	s.expire(t, m)
+	m, p, k, old := s.expiredHolder(t)
 	cur := mustTake(t, p, k, s.long())
 	if err := old.Release(ctx(t)); err != nil {
 		t.Fatalf("stale Release = %v, want nil", err)
@@ -265,11 +269,7 @@ func (s *suite) testStaleRelease(t *testing.T) {
 // testStaleRefresh: a holder that expired cannot extend the next holder's
 // lease: the next lease still ends at its own TTL.
 func (s *suite) testStaleRefresh(t *testing.T) {
-	m := s.b.New(t)
-	p := s.b.Peer(t, m)
-	k := key(t)
-	old := mustTake(t, m, k, s.b.Unit)
-	s.expire(t, m)
+	m, p, k, old := s.expiredHolder(t)
 	mustTake(t, p, k, s.b.Unit)
 	if err := old.Refresh(ctx(t), s.long()); !isErr(err, lock.ErrNotHeld) {
 		t.Fatalf("stale Refresh = %v, want ErrNotHeld", err)
@@ -532,11 +532,7 @@ func (s *suite) testReleaseTwice(t *testing.T) {
 }
 
 func (s *suite) testReleaseAfterExpiry(t *testing.T) {
-	m := s.b.New(t)
-	p := s.b.Peer(t, m)
-	k := key(t)
-	old := mustTake(t, m, k, s.b.Unit)
-	s.expire(t, m)
+	m, p, k, old := s.expiredHolder(t)
 	if err := old.Release(ctx(t)); err != nil {
 		t.Fatalf("Release after expiry = %v, want nil", err)
 	}
