@@ -99,16 +99,7 @@ func (s *suite) testExclusionGoroutines(t *testing.T) {
 
 func (s *suite) testFenceAcrossRelease(t *testing.T) {
 	m := s.b.New(t)
-	k := key(t)
-	var prev uint64
-	for i := range 5 {
-		l := mustTake(t, m, k, s.long())
-		if i > 0 {
-			fenceAfter(t, prev, l.Fence(), "after a release")
-		}
-		prev = l.Fence()
-		release(t, l)
-	}
+	s.fencesRise(t, key(t), "after a release", m, m, m, m, m)
 }
 
 func (s *suite) testFenceAcrossExpiry(t *testing.T) {
@@ -127,12 +118,18 @@ func (s *suite) testFenceAcrossExpiry(t *testing.T) {
 func (s *suite) testFenceAcrossPeers(t *testing.T) {
 	m := s.b.New(t)
 	p := s.b.Peer(t, m)
-	k := key(t)
+	s.fencesRise(t, key(t), "after another manager's release", m, p, m, p)
+}
+
+// fencesRise takes and releases k through each of managers in turn and
+// fails unless each fence is larger than the one before; after says when.
+func (s *suite) fencesRise(t *testing.T, k, after string, managers ...lock.Manager) {
+	t.Helper()
 	var prev uint64
-	for i, mgr := range []lock.Manager{m, p, m, p} {
-		l := mustTake(t, mgr, k, s.long())
+	for i, m := range managers {
+		l := mustTake(t, m, k, s.long())
 		if i > 0 {
-			fenceAfter(t, prev, l.Fence(), "after another manager's release")
+			fenceAfter(t, prev, l.Fence(), after)
 		}
 		prev = l.Fence()
 		release(t, l)
