@@ -86,10 +86,11 @@ func TestRun_badInput(t *testing.T) {
 		t.Errorf("Run(nil manager) = %v, want ErrClosed", err)
 	}
 	var m lock.Manager = noManager{}
-	if err := lock.Run(ctx, m, "k", lock.RunOptions{TTL: -1}, fn); !errors.Is(err, lock.ErrInvalidTTL) {
+	err := lock.Run(ctx, m, "k", lock.RunOptions{TTL: -1}, fn)
+	if !errors.Is(err, lock.ErrInvalidTTL) {
 		t.Errorf("Run(TTL -1) = %v, want ErrInvalidTTL", err)
 	}
-	err := lock.Run(ctx, m, "k", lock.RunOptions{TTL: time.Second, RefreshEvery: time.Second}, fn)
+	err = lock.Run(ctx, m, "k", lock.RunOptions{TTL: time.Second, RefreshEvery: time.Second}, fn)
 	if !errors.Is(err, lock.ErrInvalidOptions) {
 		t.Errorf("Run(RefreshEvery == TTL) = %v, want ErrInvalidOptions", err)
 	}
@@ -117,7 +118,8 @@ func TestRun_usesSentStampForFirstDeadline(t *testing.T) {
 	const ttl = 10 * time.Second
 	m := stampedManager{sent: time.Now().Add(-ttl + 50*time.Millisecond)}
 	start := time.Now()
-	err := lock.Run(context.Background(), m, "k", lock.RunOptions{TTL: ttl, RefreshEvery: 5 * time.Second},
+	opts := lock.RunOptions{TTL: ttl, RefreshEvery: 5 * time.Second}
+	err := lock.Run(context.Background(), m, "k", opts,
 		func(ctx context.Context, _ lock.Lease) error {
 			select {
 			case <-ctx.Done():
@@ -141,12 +143,16 @@ func TestRun_usesSentStampForFirstDeadline(t *testing.T) {
 // its leases cannot be refreshed (Refresh waits for its context).
 type stampedManager struct{ sent time.Time }
 
-func (m stampedManager) TryAcquire(ctx context.Context, key string, ttl time.Duration) (lock.Lease, bool, error) {
+func (m stampedManager) TryAcquire(
+	ctx context.Context, key string, ttl time.Duration,
+) (lock.Lease, bool, error) {
 	l, err := m.Acquire(ctx, key, ttl)
 	return l, err == nil, err
 }
 
-func (m stampedManager) Acquire(_ context.Context, key string, _ time.Duration) (lock.Lease, error) {
+func (m stampedManager) Acquire(
+	_ context.Context, key string, _ time.Duration,
+) (lock.Lease, error) {
 	return stampedLease{key: key, sent: m.sent}, nil
 }
 

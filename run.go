@@ -62,7 +62,10 @@ var ErrInvalidOptions = errors.New("lock: invalid options")
 // watchdog and releases the lease (bounded by ReleaseTimeout) before the
 // panic continues up the stack. A nil ctx or fn returns an error wrapping
 // ErrInvalidArgument and calls nothing.
-func Run(ctx context.Context, m Manager, key string, opts RunOptions, fn func(ctx context.Context, lease Lease) error) error {
+func Run(
+	ctx context.Context, m Manager, key string, opts RunOptions,
+	fn func(ctx context.Context, lease Lease) error,
+) error {
 	if err := ValidateContext(ctx); err != nil {
 		return err
 	}
@@ -82,7 +85,8 @@ func Run(ctx context.Context, m Manager, key string, opts RunOptions, fn func(ct
 		opts.RefreshEvery = opts.TTL / 3
 	}
 	if opts.RefreshEvery <= 0 || opts.RefreshEvery >= opts.TTL {
-		return fmt.Errorf("%w: RefreshEvery %v must be in (0, TTL %v)", ErrInvalidOptions, opts.RefreshEvery, opts.TTL)
+		return fmt.Errorf("%w: RefreshEvery %v must be in (0, TTL %v)",
+			ErrInvalidOptions, opts.RefreshEvery, opts.TTL)
 	}
 	if opts.ReleaseTimeout <= 0 {
 		opts.ReleaseTimeout = defaultReleaseTimeout
@@ -150,7 +154,10 @@ func Run(ctx context.Context, m Manager, key string, opts RunOptions, fn func(ct
 
 // watchdog refreshes lease until stop is closed, and cancels fctx with a
 // cause wrapping ErrNotHeld as soon as the lease is known to be lost.
-func watchdog(fctx context.Context, lease Lease, opts RunOptions, validUntil time.Time, stop <-chan struct{}, cancel context.CancelCauseFunc) {
+func watchdog(
+	fctx context.Context, lease Lease, opts RunOptions, validUntil time.Time,
+	stop <-chan struct{}, cancel context.CancelCauseFunc,
+) {
 	var lostCh <-chan struct{}
 	if w, ok := lease.(Watcher); ok {
 		lostCh = w.Lost()

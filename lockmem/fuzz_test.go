@@ -66,7 +66,8 @@ func FuzzTryAcquire(f *testing.F) {
 		}
 		n, ok, err := m.TryAcquire(ctx, key, ttl)
 		if err != nil || !ok || n.Fence() <= l.Fence() {
-			t.Fatalf("TryAcquire after Release = %v, %v (fence %d after %d); want a larger fence", ok, err, fenceOf(n), l.Fence())
+			t.Fatalf("TryAcquire after Release = %v, %v (fence %d after %d); "+
+				"want a larger fence", ok, err, fenceOf(n), l.Fence())
 		}
 	})
 }

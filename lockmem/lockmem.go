@@ -170,7 +170,9 @@ func validate(key string, ttl time.Duration) (time.Duration, error) {
 // changes any state. ttl is truncated to whole milliseconds. ctx is not
 // consulted (the call does not wait), but a nil ctx gives an error wrapping
 // lock.ErrInvalidArgument, as in every backend.
-func (m *Manager) TryAcquire(ctx context.Context, key string, ttl time.Duration) (lock.Lease, bool, error) {
+func (m *Manager) TryAcquire(
+	ctx context.Context, key string, ttl time.Duration,
+) (lock.Lease, bool, error) {
 	if m == nil {
 		return nil, false, lock.ErrClosed
 	}

@@ -280,7 +280,8 @@ func TestLease_Lost(t *testing.T) {
 	default:
 		t.Fatal("Lost not closed by Close")
 	}
-	if !errors.Is(open.Refresh(ctx, time.Second), lock.ErrClosed) || !errors.Is(open.Release(ctx), lock.ErrClosed) {
+	if !errors.Is(open.Refresh(ctx, time.Second), lock.ErrClosed) ||
+		!errors.Is(open.Release(ctx), lock.ErrClosed) {
 		t.Fatal("lease of a closed manager: want ErrClosed from Refresh and Release")
 	}
 }

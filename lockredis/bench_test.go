@@ -15,7 +15,8 @@ import (
 )
 
 // rawRelease is the raw floor's compare-and-delete.
-var rawRelease = rueidis.NewLuaScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end return 0`)
+var rawRelease = rueidis.NewLuaScript(
+	`if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end return 0`)
 
 // BenchmarkUncontended: acquire+release pairs, 50 goroutines on 2 procs
 // (SetParallelism(25) at GOMAXPROCS 2), each on keys of its own. "raw" is
@@ -36,11 +37,13 @@ func BenchmarkUncontended(b *testing.B) {
 			key := "raw:" + strconv.FormatInt(ids.Add(1), 10)
 			for pb.Next() {
 				token := string(lock.NewToken())
-				ok, err := c.Do(ctx, c.B().Set().Key(key).Value(token).Nx().PxMilliseconds(10000).Build()).AsBool()
+				set := c.B().Set().Key(key).Value(token).Nx().PxMilliseconds(10000).Build()
+				ok, err := c.Do(ctx, set).AsBool()
 				if err != nil || !ok {
 					b.Fatalf("SET NX = %v, %v", ok, err)
 				}
-				if n, err := rawRelease.Exec(ctx, c, []string{key}, []string{token}).AsInt64(); err != nil || n != 1 {
+				n, err := rawRelease.Exec(ctx, c, []string{key}, []string{token}).AsInt64()
+				if err != nil || n != 1 {
 					b.Fatalf("release = %v, %v", n, err)
 				}
 			}
@@ -135,7 +138,8 @@ func BenchmarkContended(b *testing.B) {
 	b.StopTimer()
 	stats := commandStats(b, s)
 	sent := stats["evalsha"] + stats["evalsha_ro"] + stats["eval"] + stats["eval_ro"] +
-		stats["multi"] + stats["exec"] + stats["client|caching"] + stats["multi"] // one top-level PTTL per MULTI
+		// one top-level PTTL per MULTI:
+		stats["multi"] + stats["exec"] + stats["client|caching"] + stats["multi"]
 	b.ReportMetric(float64(sent)/float64(b.N), "cmds/acq")
 	if len(gaps) > 0 {
 		sortDurations(gaps)

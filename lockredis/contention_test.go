@@ -204,7 +204,8 @@ func TestContended_commandsPerAcquisition(t *testing.T) {
 			contend(t, ms, 8, acqs, "contended")
 			total, callDetail, setupDetail := perCall(stop())
 			per := float64(total) / acqs
-			t.Logf("%d acquisitions: %.2f commands each; per call: %s; connection setup (not counted): %s", acqs, per, callDetail, setupDetail)
+			t.Logf("%d acquisitions: %.2f commands each; per call: %s; "+
+				"connection setup (not counted): %s", acqs, per, callDetail, setupDetail)
 			if per > tc.max {
 				t.Errorf("%.2f Redis commands per acquisition, want at most %v", per, tc.max)
 			}

@@ -11,25 +11,16 @@ import (
 	"github.com/redis/rueidis"
 )
 
-// Example takes a lock on a local redis-server (started here the way the
-// tests start one), shows that a second attempt meets contention rather than
-// an error, and that the next holder gets a larger fence.
+// Example takes a lock on a local redis-server (started by exampleManager
+// the way the tests start one), shows that a second attempt meets contention
+// rather than an error, and that the next holder gets a larger fence.
 func Example() {
-	srv, err := redistest.StartServer()
+	m, stop, err := exampleManager()
 	if err != nil {
 		fmt.Println(err)
 		return
 	}
-	defer srv.Close()
-
-	m, err := lockredis.New(lockredis.Options{
-		ClientOption: rueidis.ClientOption{InitAddress: []string{srv.Addr}},
-	})
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
-	defer m.Close()
+	defer stop()
 	ctx := context.Background()
 
 	first, ok, err := m.TryAcquire(ctx, "orders:42", 10*time.Second)
@@ -55,22 +46,15 @@ func Example() {
 // Example_run holds a lock while a function runs, with the lease refreshed
 // in the background and the function's context cancelled if it is lost.
 func Example_run() {
-	srv, err := redistest.StartServer()
+	m, stop, err := exampleManager()
 	if err != nil {
 		fmt.Println(err)
 		return
 	}
-	defer srv.Close()
-	m, err := lockredis.New(lockredis.Options{
-		ClientOption: rueidis.ClientOption{InitAddress: []string{srv.Addr}},
-	})
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
-	defer m.Close()
+	defer stop()
 
-	err = lock.Run(context.Background(), m, "reports:daily", lock.RunOptions{TTL: 5 * time.Second},
+	opts := lock.RunOptions{TTL: 5 * time.Second}
+	err = lock.Run(context.Background(), m, "reports:daily", opts,
 		func(ctx context.Context, l lock.Lease) error {
 			fmt.Println("holding", l.Key(), "with fence", l.Fence())
 			return nil
@@ -79,4 +63,22 @@ func Example_run() {
 	// Output:
 	// holding reports:daily with fence 1
 	// done: <nil>
+}
+
+// exampleManager starts a local redis-server the way the tests do and
+// returns a Manager on it and a stop function that closes the Manager, then
+// the server. On error nothing is left running.
+func exampleManager() (m *lockredis.Manager, stop func(), err error) {
+	srv, err := redistest.StartServer()
+	if err != nil {
+		return nil, nil, err
+	}
+	m, err = lockredis.New(lockredis.Options{
+		ClientOption: rueidis.ClientOption{InitAddress: []string{srv.Addr}},
+	})
+	if err != nil {
+		srv.Close()
+		return nil, nil, err
+	}
+	return m, func() { m.Close(); srv.Close() }, nil
 }

@@ -265,7 +265,8 @@ func TestFault_ContextCancelledMidCall(t *testing.T) {
 				key := "cancel-" + cfg.name + "-" + tc.name
 				sleeping := make(chan error, 1)
 				go func() {
-					sleeping <- blocker.Do(context.Background(), blocker.B().Arbitrary("DEBUG", "SLEEP").Args("1").Build()).Error()
+					sleep := blocker.B().Arbitrary("DEBUG", "SLEEP").Args("1").Build()
+					sleeping <- blocker.Do(context.Background(), sleep).Error()
 				}()
 				time.Sleep(200 * time.Millisecond) // the server is asleep now
 				// Long enough for rueidis to write the request even on a
@@ -302,9 +303,11 @@ func TestFault_ContextCancelledMidCall(t *testing.T) {
 				switch f := l.Fence(); f {
 				case 2:
 				case 1:
-					t.Logf("the cancelled request never reached Redis (fence 1); cleanup not exercised in this run")
+					t.Logf("the cancelled request never reached Redis (fence 1); " +
+						"cleanup not exercised in this run")
 				default:
-					t.Errorf("fence of the next holder = %d, want 2 (the cancelled request ran, the cleanup freed the key) or 1 (it never ran)", f)
+					t.Errorf("fence of the next holder = %d, want 2 (the cancelled request ran, "+
+						"the cleanup freed the key) or 1 (it never ran)", f)
 				}
 				if err := l.Release(ctxT(t)); err != nil {
 					t.Fatal(err)

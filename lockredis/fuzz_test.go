@@ -48,9 +48,13 @@ func TestSlot_matchesRedisClusterSpec(t *testing.T) {
 		t.Fatalf("crc16(123456789) = %#x, want 0x31c3", got)
 	}
 	mr := miniredis.RunT(t)
-	m := newManager(t, []string{mr.Addr()}, lockredis.Options{ClientOption: rueidis.ClientOption{DisableCache: true}})
+	m := newManager(t, []string{mr.Addr()},
+		lockredis.Options{ClientOption: rueidis.ClientOption{DisableCache: true}})
 	b := m.Client().B() // its builder computes slots
-	for _, k := range []string{"foo", "{user1000}.following", "foo{}{bar}", "foo{{bar}}zap", "foo{bar}{zap}", "}{~}x}", lockredis.LockKey("p:", "}x")} {
+	for _, k := range []string{
+		"foo", "{user1000}.following", "foo{}{bar}", "foo{{bar}}zap", "foo{bar}{zap}", "}{~}x}",
+		lockredis.LockKey("p:", "}x"),
+	} {
 		cmd := b.Get().Key(k).Build()
 		if got, want := slot(k), cmd.Slot(); got != want {
 			t.Errorf("slot(%q) = %d, rueidis says %d", k, got, want)
@@ -70,13 +74,8 @@ func FuzzKeys(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Cleanup(mr.Close)
-	m, err := lockredis.New(lockredis.Options{ClientOption: rueidis.ClientOption{
-		InitAddress: []string{mr.Addr()}, DisableCache: true,
-	}})
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Cleanup(func() { m.Close() })
+	m := newManager(f, []string{mr.Addr()},
+		lockredis.Options{ClientOption: rueidis.ClientOption{DisableCache: true}})
 	ctx := context.Background()
 
 	f.Add("k", int64(time.Second))

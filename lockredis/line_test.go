@@ -51,10 +51,13 @@ func childWaiter() {
 
 // startChildWaiter starts a waiting process for key and returns it; it is
 // killed in t.Cleanup.
-func startChildWaiter(t *testing.T, addr, key string, ttl, lineTTL time.Duration) (*exec.Cmd, *bufio.Scanner) {
+func startChildWaiter(
+	t *testing.T, addr, key string, ttl, lineTTL time.Duration,
+) (*exec.Cmd, *bufio.Scanner) {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s %s %s %s", childWaiterEnv, addr, key, ttl, lineTTL))
+	cmd.Env = append(os.Environ(),
+		fmt.Sprintf("%s=%s %s %s %s", childWaiterEnv, addr, key, ttl, lineTTL))
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -64,7 +64,7 @@ func pause(t *testing.T, s *redistest.Server) (resume func()) {
 // fence only after the lease's expiry.
 func TestFailover_WaitReplicas_lockSurvivesPromotion(t *testing.T) {
 	primary, replica := startPair(t)
-	m := newManager(t, []string{primary.Addr}, lockredis.Options{WaitReplicas: 1, WaitTimeout: 5 * time.Second})
+	m := waitManager(t, primary.Addr, 1, 5*time.Second)
 	const key, ttl = "promoted", 2 * time.Second
 	l, err := m.Acquire(ctxT(t), key, ttl)
 	if err != nil {
@@ -84,14 +84,16 @@ func TestFailover_WaitReplicas_lockSurvivesPromotion(t *testing.T) {
 	}
 	m2 := newManager(t, []string{replica.Addr}, lockredis.Options{})
 	if l2, ok, err := m2.TryAcquire(ctxT(t), key, ttl); err != nil || ok {
-		t.Fatalf("TryAcquire on the promoted replica = %v, %v, %v; want held by the first lease", l2, ok, err)
+		t.Fatalf("TryAcquire on the promoted replica = %v, %v, %v; "+
+			"want held by the first lease", l2, ok, err)
 	}
 	l2, err := m2.Acquire(ctxT(t), key, ttl) // waits for the first lease's expiry
 	if err != nil {
 		t.Fatalf("Acquire on the promoted replica = %v", err)
 	}
 	if l2.Fence() <= l.Fence() {
-		t.Fatalf("fence after promotion = %d, want > %d (the fence before the failover)", l2.Fence(), l.Fence())
+		t.Fatalf("fence after promotion = %d, want > %d (the fence before the failover)",
+			l2.Fence(), l.Fence())
 	}
 }
 
@@ -133,18 +135,18 @@ func TestFailover_WaitReplicas_notAcknowledged(t *testing.T) {
 	}
 
 	t.Run("more replicas asked than exist", func(t *testing.T) {
-		m := newManager(t, []string{primary.Addr}, lockredis.Options{WaitReplicas: 2, WaitTimeout: waitTimeout})
+		m := waitManager(t, primary.Addr, 2, waitTimeout)
 		// How many of the one replica's acks arrived in time varies.
 		check(t, m, "two", " of 2 replicas acknowledged within 100ms")
 	})
 	t.Run("replica stopped", func(t *testing.T) {
-		m := newManager(t, []string{primary.Addr}, lockredis.Options{WaitReplicas: 1, WaitTimeout: waitTimeout})
+		m := waitManager(t, primary.Addr, 1, waitTimeout)
 		resume := pause(t, replica)
 		check(t, m, "stopped", "0 of 1 replicas acknowledged within 100ms")
 		resume()
 		// Once the replica acknowledges again the same Manager succeeds
 		// (a generous WaitTimeout is not needed: the replica catches up).
-		m2 := newManager(t, []string{primary.Addr}, lockredis.Options{WaitReplicas: 1, WaitTimeout: 5 * time.Second})
+		m2 := waitManager(t, primary.Addr, 1, 5*time.Second)
 		l, ok, err := m2.TryAcquire(ctxT(t), "stopped", time.Minute)
 		if err != nil || !ok {
 			t.Fatalf("TryAcquire after the replica resumed = %v, %v", ok, err)
@@ -160,7 +162,7 @@ func TestFailover_WaitReplicas_notAcknowledged(t *testing.T) {
 // and leaves the lease held and extended on the primary.
 func TestRefresh_WaitReplicas(t *testing.T) {
 	primary, replica := startPair(t)
-	m := newManager(t, []string{primary.Addr}, lockredis.Options{WaitReplicas: 1, WaitTimeout: 2 * time.Second})
+	m := waitManager(t, primary.Addr, 1, 2*time.Second)
 	const key = "refresh"
 	lk := lockredis.LockKey(lockredis.DefaultPrefix, key)
 	l, err := m.Acquire(ctxT(t), key, 5*time.Second)
@@ -188,7 +190,8 @@ func TestRefresh_WaitReplicas(t *testing.T) {
 		t.Fatalf("Refresh with the replica stopped = %v; want ErrNotReplicated, not ErrNotHeld", err)
 	}
 	if got := pttl(primary); got <= int64(time.Minute/time.Millisecond) {
-		t.Fatalf("primary PTTL after unacknowledged Refresh(1h) = %dms, want > 60000 (extended, left as is)", got)
+		t.Fatalf("primary PTTL after unacknowledged Refresh(1h) = %dms, "+
+			"want > 60000 (extended, left as is)", got)
 	}
 	if got := primary.Cli(t, "GET", lk); got != string(l.Token()) {
 		t.Fatalf("primary GET after unacknowledged Refresh = %q, want the lease's token", got)
@@ -208,13 +211,26 @@ func TestRefresh_WaitReplicas(t *testing.T) {
 // TestNew_WaitOptionsValidated: negative WaitReplicas or WaitTimeout is
 // lock.ErrInvalidOptions, before any connection is made.
 func TestNew_WaitOptionsValidated(t *testing.T) {
-	for _, o := range []lockredis.Options{{WaitReplicas: -1}, {WaitReplicas: 1, WaitTimeout: -time.Millisecond}} {
+	for _, o := range []lockredis.Options{
+		{WaitReplicas: -1}, {WaitReplicas: 1, WaitTimeout: -time.Millisecond},
+	} {
 		o.ClientOption.InitAddress = []string{"127.0.0.1:1"}
 		if m, err := lockredis.New(o); !errors.Is(err, lock.ErrInvalidOptions) {
 			if m != nil {
 				m.Close()
 			}
-			t.Errorf("New(WaitReplicas %d, WaitTimeout %v) = %v; want ErrInvalidOptions", o.WaitReplicas, o.WaitTimeout, err)
+			t.Errorf("New(WaitReplicas %d, WaitTimeout %v) = %v; want ErrInvalidOptions",
+				o.WaitReplicas, o.WaitTimeout, err)
 		}
 	}
+}
+
+// waitManager returns a Manager on addr whose writes wait, for up to
+// timeout, until replicas replicas have acknowledged them.
+func waitManager(
+	t *testing.T, addr string, replicas int, timeout time.Duration,
+) *lockredis.Manager {
+	t.Helper()
+	opts := lockredis.Options{WaitReplicas: replicas, WaitTimeout: timeout}
+	return newManager(t, []string{addr}, opts)
 }

@@ -24,13 +24,16 @@ func TestLost_stoppingAWatchDoesNotFailOtherCalls(t *testing.T) {
 	s := redistest.Start(t)
 	boom := errors.New("boom")
 	for i := range 200 {
-		m, err := lockredis.New(lockredis.Options{ClientOption: rueidis.ClientOption{InitAddress: []string{s.Addr}}})
+		m, err := lockredis.New(lockredis.Options{
+			ClientOption: rueidis.ClientOption{InitAddress: []string{s.Addr}},
+		})
 		if err != nil {
 			t.Fatal(err)
 		}
 		k := fmt.Sprintf("watch-stop-%d", i)
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		err = lock.Run(ctx, m, k, lock.RunOptions{TTL: 2 * time.Second}, func(context.Context, lock.Lease) error { return boom })
+		fn := func(context.Context, lock.Lease) error { return boom }
+		err = lock.Run(ctx, m, k, lock.RunOptions{TTL: 2 * time.Second}, fn)
 		if !errors.Is(err, boom) {
 			t.Errorf("round %d: Run = %v, want fn's error", i, err)
 		}

@@ -103,16 +103,7 @@ func (s *suite) testExclusionGoroutines(t *testing.T) {
 
 func (s *suite) testFenceAcrossRelease(t *testing.T) {
 	m := s.b.New(t)
-	k := key(t)
-	var prev uint64
-	for i := range 5 {
-		l := mustTake(t, m, k, s.long())
-		if i > 0 {
-			fenceAfter(t, prev, l.Fence(), "after a release")
-		}
-		prev = l.Fence()
-		release(t, l)
-	}
+	s.fencesRise(t, key(t), "after a release", m, m, m, m, m)
 }
 
 func (s *suite) testFenceAcrossExpiry(t *testing.T) {
@@ -131,12 +122,18 @@ func (s *suite) testFenceAcrossExpiry(t *testing.T) {
 func (s *suite) testFenceAcrossPeers(t *testing.T) {
 	m := s.b.New(t)
 	p := s.b.Peer(t, m)
-	k := key(t)
+	s.fencesRise(t, key(t), "after another manager's release", m, p, m, p)
+}
+
+// fencesRise takes and releases k through each of managers in turn and
+// fails unless each fence is larger than the one before; after says when.
+func (s *suite) fencesRise(t *testing.T, k, after string, managers ...lock.Manager) {
+	t.Helper()
 	var prev uint64
-	for i, mgr := range []lock.Manager{m, p, m, p} {
-		l := mustTake(t, mgr, k, s.long())
+	for i, m := range managers {
+		l := mustTake(t, m, k, s.long())
 		if i > 0 {
-			fenceAfter(t, prev, l.Fence(), "after another manager's release")
+			fenceAfter(t, prev, l.Fence(), after)
 		}
 		prev = l.Fence()
 		release(t, l)
@@ -156,7 +153,8 @@ func (s *suite) testKeyAndToken(t *testing.T) {
 			t.Fatalf("Token() = %q, want %d characters", tok, lock.TokenLen)
 		}
 		for _, c := range tok {
-			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' ||
+				c == '-' || c == '_') {
 				t.Fatalf("Token() = %q, has %q outside unpadded URL-safe base64", tok, c)
 			}
 		}
@@ -211,11 +209,7 @@ func (s *suite) testRefreshAfterExpiry(t *testing.T) {
 }
 
 func (s *suite) testRefreshAfterAnotherTook(t *testing.T) {
-	m := s.b.New(t)
-	p := s.b.Peer(t, m)
-	k := key(t)
-	old := mustTake(t, m, k, s.b.Unit)
-	s.expire(t, m)
+	m, p, k, old := s.expiredHolder(t)
 	cur := mustTake(t, p, k, s.long())
 	if err := old.Refresh(ctx(t), s.long()); !isErr(err, lock.ErrNotHeld) {
 		t.Fatalf("stale Refresh = %v, want ErrNotHeld", err)
@@ -232,7 +226,9 @@ func (s *suite) testRefreshBadTTL(t *testing.T) {
 	m := s.b.New(t)
 	k := key(t)
 	l := mustTake(t, m, k, s.long())
-	for _, ttl := range []time.Duration{0, -time.Second, time.Millisecond - time.Microsecond, s.b.MaxTTL + time.Millisecond} {
+	for _, ttl := range []time.Duration{
+		0, -time.Second, time.Millisecond - time.Microsecond, s.b.MaxTTL + time.Millisecond,
+	} {
 		if err := l.Refresh(ctx(t), ttl); !isErr(err, lock.ErrInvalidTTL) {
 			t.Fatalf("Refresh(%v) = %v, want ErrInvalidTTL", ttl, err)
 		}
@@ -244,13 +240,21 @@ func (s *suite) testRefreshBadTTL(t *testing.T) {
 	release(t, l)
 }
 
+// expiredHolder returns a Manager, a peer of it and a fresh key, with the
+// lease old taken on the key through the Manager and already expired.
+func (s *suite) expiredHolder(t *testing.T) (m, p lock.Manager, k string, old lock.Lease) {
+	t.Helper()
+	m = s.b.New(t)
+	p = s.b.Peer(t, m)
+	k = key(t)
+	old = mustTake(t, m, k, s.b.Unit)
+	s.expire(t, m)
+	return m, p, k, old
+}
+
 // testStaleRelease: a holder that expired cannot free the next holder's key.
 func (s *suite) testStaleRelease(t *testing.T) {
-	m := s.b.New(t)
-	p := s.b.Peer(t, m)
-	k := key(t)
-	old := mustTake(t, m, k, s.b.Unit)
-	s.expire(t, m)
+	m, p, k, old := s.expiredHolder(t)
 	cur := mustTake(t, p, k, s.long())
 	if err := old.Release(ctx(t)); err != nil {
 		t.Fatalf("stale Release = %v, want nil", err)
@@ -266,11 +270,7 @@ func (s *suite) testStaleRelease(t *testing.T) {
 // testStaleRefresh: a holder that expired cannot extend the next holder's
 // lease: the next lease still ends at its own TTL.
 func (s *suite) testStaleRefresh(t *testing.T) {
-	m := s.b.New(t)
-	p := s.b.Peer(t, m)
-	k := key(t)
-	old := mustTake(t, m, k, s.b.Unit)
-	s.expire(t, m)
+	m, p, k, old := s.expiredHolder(t)
 	mustTake(t, p, k, s.b.Unit)
 	if err := old.Refresh(ctx(t), s.long()); !isErr(err, lock.ErrNotHeld) {
 		t.Fatalf("stale Refresh = %v, want ErrNotHeld", err)
@@ -433,7 +433,8 @@ func (s *suite) testNoStarvation(t *testing.T) {
 	close(stop)
 	wg.Wait()
 	if first != "waiter" {
-		t.Fatalf("after the release the key went first to %s, which arrived after the waiter (order %v)", first, seq)
+		t.Fatalf("after the release the key went first to %s, "+
+			"which arrived after the waiter (order %v)", first, seq)
 	}
 }
 
@@ -452,7 +453,8 @@ func (s *suite) testTryAcquireNoJump(t *testing.T) {
 		if ok {
 			release(t, l)
 		}
-		t.Fatalf("TryAcquire right after the release, with a waiter in line = %v, %v; want false", ok, err)
+		t.Fatalf("TryAcquire right after the release, with a waiter in line = %v, %v; "+
+			"want false", ok, err)
 	}
 	r := await(t, ch, "the waiter in line")
 	if r.err != nil {
@@ -470,7 +472,8 @@ func (s *suite) testContextDeadline(t *testing.T) {
 	defer cancel()
 	l, err := p.Acquire(c, k, s.long())
 	if l != nil || !isErr(err, lock.ErrNotAcquired) || !isErr(err, context.DeadlineExceeded) {
-		t.Fatalf("Acquire past its deadline = %v, %v; want nil and an error wrapping ErrNotAcquired and DeadlineExceeded", l, err)
+		t.Fatalf("Acquire past its deadline = %v, %v; "+
+			"want nil and an error wrapping ErrNotAcquired and DeadlineExceeded", l, err)
 	}
 	release(t, h)
 	mustBeFreeSoon(t, m, k) // the failed Acquire left nothing behind
@@ -487,7 +490,8 @@ func (s *suite) testContextCanceled(t *testing.T) {
 	cancel()
 	r := await(t, ch, "after cancel")
 	if r.lease != nil || !isErr(r.err, lock.ErrNotAcquired) || !isErr(r.err, context.Canceled) {
-		t.Fatalf("cancelled Acquire = %v, %v; want nil and an error wrapping ErrNotAcquired and Canceled", r.lease, r.err)
+		t.Fatalf("cancelled Acquire = %v, %v; "+
+			"want nil and an error wrapping ErrNotAcquired and Canceled", r.lease, r.err)
 	}
 	release(t, h)
 	mustBeFreeSoon(t, m, k)
@@ -501,7 +505,8 @@ func (s *suite) testContextAlreadyDone(t *testing.T) {
 	cancel()
 	l, err := m.Acquire(c, k, s.long())
 	if l != nil || !isErr(err, lock.ErrNotAcquired) || !isErr(err, context.Canceled) {
-		t.Fatalf("Acquire with a done context on a held key = %v, %v; want nil, ErrNotAcquired and Canceled", l, err)
+		t.Fatalf("Acquire with a done context on a held key = %v, %v; "+
+			"want nil, ErrNotAcquired and Canceled", l, err)
 	}
 	release(t, h)
 	mustBeFree(t, m, k)
@@ -528,11 +533,7 @@ func (s *suite) testReleaseTwice(t *testing.T) {
 }
 
 func (s *suite) testReleaseAfterExpiry(t *testing.T) {
-	m := s.b.New(t)
-	p := s.b.Peer(t, m)
-	k := key(t)
-	old := mustTake(t, m, k, s.b.Unit)
-	s.expire(t, m)
+	m, p, k, old := s.expiredHolder(t)
 	if err := old.Release(ctx(t)); err != nil {
 		t.Fatalf("Release after expiry = %v, want nil", err)
 	}
@@ -549,7 +550,8 @@ func (s *suite) testBadKey(t *testing.T) {
 	m := s.b.New(t)
 	tooLong := key(t) + string(make([]byte, lock.MaxKeyLen))
 	for _, k := range []string{"", tooLong} {
-		if l, ok, err := m.TryAcquire(ctx(t), k, s.long()); l != nil || ok || !isErr(err, lock.ErrInvalidKey) {
+		l, ok, err := m.TryAcquire(ctx(t), k, s.long())
+		if l != nil || ok || !isErr(err, lock.ErrInvalidKey) {
 			t.Fatalf("TryAcquire(key of %d bytes) = %v, %v, %v; want ErrInvalidKey", len(k), l, ok, err)
 		}
 		if l, err := m.Acquire(ctx(t), k, s.long()); l != nil || !isErr(err, lock.ErrInvalidKey) {
@@ -561,7 +563,9 @@ func (s *suite) testBadKey(t *testing.T) {
 func (s *suite) testBadTTL(t *testing.T) {
 	m := s.b.New(t)
 	k := key(t)
-	for _, ttl := range []time.Duration{0, -time.Second, time.Millisecond - time.Microsecond, s.b.MaxTTL + time.Millisecond} {
+	for _, ttl := range []time.Duration{
+		0, -time.Second, time.Millisecond - time.Microsecond, s.b.MaxTTL + time.Millisecond,
+	} {
 		if l, ok, err := m.TryAcquire(ctx(t), k, ttl); l != nil || ok || !isErr(err, lock.ErrInvalidTTL) {
 			t.Fatalf("TryAcquire(ttl %v) = %v, %v, %v; want ErrInvalidTTL", ttl, l, ok, err)
 		}
@@ -643,7 +647,8 @@ func (s *suite) testNilContext(t *testing.T) {
 		return err
 	})
 	call("Run", func() error {
-		return lock.Run(nilCtx, m, k, lock.RunOptions{}, func(context.Context, lock.Lease) error { return nil })
+		return lock.Run(nilCtx, m, k, lock.RunOptions{},
+			func(context.Context, lock.Lease) error { return nil })
 	})
 	call("Run with a nil fn", func() error {
 		return lock.Run(ctx(t), m, k, lock.RunOptions{}, nil)
@@ -677,7 +682,8 @@ func (s *suite) testNilLease(t *testing.T) {
 			}
 		}()
 		if nl.Key() != "" || nl.Fence() != 0 || nl.Token() != "" {
-			t.Errorf("nil lease: Key %q, Fence %d, Token %q; want zero values", nl.Key(), nl.Fence(), nl.Token())
+			t.Errorf("nil lease: Key %q, Fence %d, Token %q; want zero values",
+				nl.Key(), nl.Fence(), nl.Token())
 		}
 		if err := nl.Refresh(ctx(t), s.long()); !isErr(err, lock.ErrNotHeld) {
 			t.Errorf("nil lease Refresh = %v, want ErrNotHeld", err)
@@ -706,7 +712,8 @@ func (s *suite) testClosedManager(t *testing.T) {
 	if err := s.b.Close(m); err != nil {
 		t.Fatalf("second Close = %v, want nil", err)
 	}
-	if got, ok, err := m.TryAcquire(ctx(t), k+"2", s.long()); got != nil || ok || !isErr(err, lock.ErrClosed) {
+	got, ok, err := m.TryAcquire(ctx(t), k+"2", s.long())
+	if got != nil || ok || !isErr(err, lock.ErrClosed) {
 		t.Fatalf("closed manager TryAcquire = %v, %v, %v; want ErrClosed", got, ok, err)
 	}
 	if got, err := m.Acquire(ctx(t), k+"2", s.long()); got != nil || !isErr(err, lock.ErrClosed) {
@@ -762,14 +769,16 @@ func (s *suite) testRunHolds(t *testing.T) {
 	p := s.b.Peer(t, m)
 	k := key(t)
 	called := false
-	err := lock.Run(ctx(t), m, k, lock.RunOptions{TTL: 20 * s.b.Unit}, func(c context.Context, l lock.Lease) error {
+	opts := lock.RunOptions{TTL: 20 * s.b.Unit}
+	err := lock.Run(ctx(t), m, k, opts, func(c context.Context, l lock.Lease) error {
 		called = true
 		if l.Key() != k {
 			t.Errorf("lease.Key() = %q, want %q", l.Key(), k)
 		}
 		// No t.Fatal inside fn: it would skip Run's cleanup.
 		if other, ok, err := p.TryAcquire(c, k, s.long()); err != nil || ok {
-			t.Errorf("peer TryAcquire while Run holds the key = %v, %v, %v; want nil, false, nil", other, ok, err)
+			t.Errorf("peer TryAcquire while Run holds the key = %v, %v, %v; "+
+				"want nil, false, nil", other, ok, err)
 			if ok {
 				_ = other.Release(c)
 			}
@@ -786,7 +795,8 @@ func (s *suite) testRunFnError(t *testing.T) {
 	m := s.b.New(t)
 	k := key(t)
 	boom := errors.New("boom")
-	err := lock.Run(ctx(t), m, k, lock.RunOptions{TTL: 20 * s.b.Unit}, func(context.Context, lock.Lease) error {
+	opts := lock.RunOptions{TTL: 20 * s.b.Unit}
+	err := lock.Run(ctx(t), m, k, opts, func(context.Context, lock.Lease) error {
 		return boom
 	})
 	if !errors.Is(err, boom) {

@@ -249,7 +249,9 @@ type result struct {
 // acquireAsync starts m.Acquire(ctx, key, ttl) in a goroutine and returns
 // the channel its result arrives on. The goroutine has ended when the test
 // (and its cleanups) end, and a lease it got is released then.
-func acquireAsync(t *testing.T, c context.Context, m lock.Manager, key string, ttl time.Duration) <-chan result {
+func acquireAsync(
+	t *testing.T, c context.Context, m lock.Manager, key string, ttl time.Duration,
+) <-chan result {
 	t.Helper()
 	c, cancel := context.WithCancel(c)
 	ch := make(chan result, 1)

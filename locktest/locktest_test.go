@@ -65,7 +65,10 @@ var broken = map[string]struct {
 		wrap: func(m *lockmem.Manager) lock.Manager {
 			return &wrapped{Manager: m, fence: func(uint64) uint64 { return 1 }}
 		},
-		mustFail: []string{"Fence/IncreasesAcrossRelease", "Fence/IncreasesAcrossExpiry", "Fence/IncreasesAcrossPeers", "MutualExclusion/Goroutines"},
+		mustFail: []string{
+			"Fence/IncreasesAcrossRelease", "Fence/IncreasesAcrossExpiry",
+			"Fence/IncreasesAcrossPeers", "MutualExclusion/Goroutines",
+		},
 	},
 	"StaleReleaseFreesNext": {
 		wrap:     func(m *lockmem.Manager) lock.Manager { return &wrapped{Manager: m, freeAny: true} },
@@ -117,7 +120,9 @@ type noExclusion struct {
 	n atomic.Int64
 }
 
-func (m *noExclusion) TryAcquire(ctx context.Context, key string, ttl time.Duration) (lock.Lease, bool, error) {
+func (m *noExclusion) TryAcquire(
+	ctx context.Context, key string, ttl time.Duration,
+) (lock.Lease, bool, error) {
 	l, ok, err := m.Manager.TryAcquire(ctx, key, ttl)
 	if err != nil || ok {
 		return l, ok, err
@@ -162,7 +167,9 @@ func (m *wrapped) wrap(l lock.Lease) lock.Lease {
 	return w
 }
 
-func (m *wrapped) TryAcquire(ctx context.Context, key string, ttl time.Duration) (lock.Lease, bool, error) {
+func (m *wrapped) TryAcquire(
+	ctx context.Context, key string, ttl time.Duration,
+) (lock.Lease, bool, error) {
 	l, ok, err := m.Manager.TryAcquire(ctx, key, ttl)
 	return m.wrap(l), ok, err
 }

@@ -13,7 +13,8 @@ import (
 // fault suite's "violations=0" is known to be able to say otherwise.
 
 func lease(h *history, client int, key string, fence uint64, call, end time.Duration) *leaseRec {
-	r := &leaseRec{client: client, key: key, fence: fence, token: lock.Token("t" + string(rune('a'+client))), ttl: time.Second,
+	r := &leaseRec{client: client, key: key, fence: fence,
+		token: lock.Token("t" + string(rune('a'+client))), ttl: time.Second,
 		acqCall: h.origin.Add(call), acqEnd: h.origin.Add(end)}
 	h.addLease(r)
 	return r
@@ -22,7 +23,9 @@ func lease(h *history, client int, key string, fence uint64, call, end time.Dura
 func TestCheck_cleanHistoryPasses(t *testing.T) {
 	h, g := newHistory(), newRegister()
 	a := lease(h, 0, "k", 1, 0, 10*time.Millisecond)
-	a.release = &callRec{start: h.origin.Add(100 * time.Millisecond), end: h.origin.Add(110 * time.Millisecond)}
+	a.release = &callRec{
+		start: h.origin.Add(100 * time.Millisecond), end: h.origin.Add(110 * time.Millisecond),
+	}
 	lease(h, 1, "k", 2, 50*time.Millisecond, 120*time.Millisecond)
 	if v := check(h, g, time.Second); v.violations() != 0 || v.porcupine != "ok" {
 		t.Fatalf("clean history: %+v", v)

@@ -84,7 +84,8 @@ func startPair(t *testing.T) *pair {
 	deadline := time.Now().Add(10 * time.Second)
 	for !strings.Contains(p.replica.Cli(t, "INFO", "replication"), "master_link_status:up") {
 		if time.Now().After(deadline) {
-			t.Fatalf("replica %s did not link to its primary within 10s:\n%s", p.replica.Addr, p.replica.Cli(t, "INFO", "replication"))
+			t.Fatalf("replica %s did not link to its primary within 10s:\n%s",
+				p.replica.Addr, p.replica.Cli(t, "INFO", "replication"))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -112,7 +113,8 @@ func (p *pair) failover(t *testing.T) {
 		t.Fatalf("REPLICAOF NO ONE = %q", got)
 	}
 	p.link.Stop()
-	if err := p.front.Update(&toxiproxy.Proxy{Listen: p.front.Listen, Upstream: p.replica.Addr, Enabled: true}); err != nil {
+	proxy := &toxiproxy.Proxy{Listen: p.front.Listen, Upstream: p.replica.Addr, Enabled: true}
+	if err := p.front.Update(proxy); err != nil {
 		t.Fatalf("re-point front proxy at the replica: %v", err)
 	}
 }
@@ -164,12 +166,14 @@ func TestFailover_replicaPromoted(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			p := startPair(t)
 			r := runFailover(t, p, tc)
-			t.Logf("%s: lock on promoted replica=%v, new client acquired=%v with fence %d (old holder's fence %d, counter on new primary was %q), old holder's Refresh: %v",
+			t.Logf("%s: lock on promoted replica=%v, new client acquired=%v with fence %d "+
+				"(old holder's fence %d, counter on new primary was %q), old holder's Refresh: %v",
 				tc.name, r.onReplica, r.newOK, r.newFence, r.held.Fence(), r.oldFenceAfter, r.refreshErr)
 			switch {
 			case !tc.lag:
 				if !r.onReplica || r.newOK {
-					t.Errorf("caught-up replica: lock on replica=%v, new client acquired=%v; want the lock kept", r.onReplica, r.newOK)
+					t.Errorf("caught-up replica: lock on replica=%v, new client acquired=%v; "+
+						"want the lock kept", r.onReplica, r.newOK)
 				}
 				if r.refreshErr != nil {
 					t.Errorf("old holder's Refresh on the promoted replica = %v, want nil", r.refreshErr)
@@ -179,7 +183,8 @@ func TestFailover_replicaPromoted(t *testing.T) {
 				}
 			default:
 				if r.onReplica {
-					t.Fatal("setup: the lagging replica had the lock key before promotion; replication was not held back")
+					t.Fatal("setup: the lagging replica had the lock key before promotion; " +
+						"replication was not held back")
 				}
 				if !errors.Is(r.refreshErr, lock.ErrNotHeld) {
 					t.Errorf("old holder's Refresh after failover = %v, want ErrNotHeld", r.refreshErr)
@@ -190,7 +195,9 @@ func TestFailover_replicaPromoted(t *testing.T) {
 				if r.newOK && r.newFence > r.held.Fence() {
 					t.Logf("note: the fence still grew (%d > %d)", r.newFence, r.held.Fence())
 				} else if r.newOK {
-					t.Logf("MEASURED: two holders of %q with fences %d (old primary) and %d (promoted replica): fencing does not survive an unacknowledged failover", "k", r.held.Fence(), r.newFence)
+					t.Logf("MEASURED: two holders of %q with fences %d (old primary) and %d "+
+						"(promoted replica): fencing does not survive an unacknowledged failover",
+						"k", r.held.Fence(), r.newFence)
 				}
 			}
 		})
@@ -242,8 +249,10 @@ func runFailover(t *testing.T, p *pair, tc failoverCase) failoverResult {
 		if err := r.held.Release(c); err != nil {
 			t.Fatalf("old holder's Release after failover: %v", err)
 		}
-		if ins, err := gen.Inspect(c, fresh.Client(), lockKey); err != nil || ins.Token != string(l.Token()) {
-			t.Errorf("after the old holder's Release the key holds %+v, %v; want the new holder's token", ins, err)
+		ins, err := gen.Inspect(c, fresh.Client(), lockKey)
+		if err != nil || ins.Token != string(l.Token()) {
+			t.Errorf("after the old holder's Release the key holds %+v, %v; "+
+				"want the new holder's token", ins, err)
 		}
 		return r
 	}
@@ -282,9 +291,11 @@ func TestFailover_primaryKilledRightAfterAcquire(t *testing.T) {
 		t.Fatal(err2)
 	}
 	if (err == nil) == ok {
-		t.Errorf("old holder's Refresh = %v but a new client acquired=%v; want exactly one holder on the new primary", err, ok)
+		t.Errorf("old holder's Refresh = %v but a new client acquired=%v; "+
+			"want exactly one holder on the new primary", err, ok)
 	}
-	t.Logf("MEASURED: primary killed right after the acquire: lock survived=%v (old holder's Refresh: %v)", err == nil, err)
+	t.Logf("MEASURED: primary killed right after the acquire: lock survived=%v "+
+		"(old holder's Refresh: %v)", err == nil, err)
 }
 
 // TestRestart_withoutPersistence_resetsFences documents what a restart of a
@@ -306,7 +317,8 @@ func TestRestart_withoutPersistence_resetsFences(t *testing.T) {
 		t.Fatalf("second fence = %d, want 2", l2.Fence())
 	}
 	s.Restart(t)
-	if err := retry(func() error { return l2.Refresh(c, time.Minute) }); !errors.Is(err, lock.ErrNotHeld) {
+	err := retry(func() error { return l2.Refresh(c, time.Minute) })
+	if !errors.Is(err, lock.ErrNotHeld) {
 		t.Fatalf("Refresh after a restart without persistence = %v, want ErrNotHeld", err)
 	}
 	var l3 lock.Lease
@@ -322,7 +334,8 @@ func TestRestart_withoutPersistence_resetsFences(t *testing.T) {
 		t.Fatal(err)
 	}
 	if l3.Fence() != 1 {
-		t.Fatalf("fence after a restart without persistence = %d, want 1 (the counter was lost)", l3.Fence())
+		t.Fatalf("fence after a restart without persistence = %d, "+
+			"want 1 (the counter was lost)", l3.Fence())
 	}
 }
 
@@ -334,7 +347,8 @@ func TestRestart_withAOF_keepsLeasesAndFences(t *testing.T) {
 	s := redistest.Start(t, "--appendonly", "yes", "--appendfsync", "always")
 	c := ctxT(t)
 	m := newManager(t, s.Addr, lockredis.Options{})
-	other := newManager(t, s.Addr, lockredis.Options{ClientOption: rueidis.ClientOption{DisableCache: true}})
+	other := newManager(t, s.Addr,
+		lockredis.Options{ClientOption: rueidis.ClientOption{DisableCache: true}})
 	l := take(t, m, "k", time.Minute)
 	s.Restart(t)
 	if err := retry(func() error { return l.Refresh(c, time.Minute) }); err != nil {
@@ -346,7 +360,8 @@ func TestRestart_withAOF_keepsLeasesAndFences(t *testing.T) {
 		_, ok, err = other.TryAcquire(c, "k", time.Minute)
 		return err
 	}); err != nil || ok {
-		t.Fatalf("another client's TryAcquire after the restart = %v, %v; want the key still held", ok, err)
+		t.Fatalf("another client's TryAcquire after the restart = %v, %v; "+
+			"want the key still held", ok, err)
 	}
 	if err := l.Release(c); err != nil {
 		t.Fatal(err)

@@ -368,7 +368,8 @@ func TestFaults(t *testing.T) {
 			time.Sleep(3 * faultTTL)
 			heal(t, c.proxy, true)
 		} else {
-			t.Errorf("round %d: no client held a lease with %v of work left within 8s; stalled holder not tested", round, 2*faultTTL)
+			t.Errorf("round %d: no client held a lease with %v of work left within 8s; "+
+				"stalled holder not tested", round, 2*faultTTL)
 		}
 		calm()
 
@@ -451,7 +452,8 @@ func TestFaults(t *testing.T) {
 	case <-time.After(runTimeout + releaseTO + 2*hangSlack):
 		buf := make([]byte, 1<<20)
 		buf = buf[:runtime.Stack(buf, true)]
-		t.Fatalf("clients did not stop within %v of the end of the run (hang):\n%s", runTimeout+releaseTO+2*hangSlack, buf)
+		t.Fatalf("clients did not stop within %v of the end of the run (hang):\n%s",
+			runTimeout+releaseTO+2*hangSlack, buf)
 	}
 
 	// Every waiter has given up by now (its context ended): their places
@@ -489,7 +491,8 @@ func TestFaults(t *testing.T) {
 		if told {
 			v.stalledTold++
 		} else {
-			t.Errorf("stalled holder (client %d, key %q, fence %d) was never told it lost the lease", r.client, r.key, r.fence)
+			t.Errorf("stalled holder (client %d, key %q, fence %d) was never told it lost the lease",
+				r.client, r.key, r.fence)
 		}
 	}
 	report := func(name string, list []string) {

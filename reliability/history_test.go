@@ -98,7 +98,9 @@ type recManager struct {
 	h      *history
 }
 
-func (r *recManager) TryAcquire(ctx context.Context, key string, ttl time.Duration) (lock.Lease, bool, error) {
+func (r *recManager) TryAcquire(
+	ctx context.Context, key string, ttl time.Duration,
+) (lock.Lease, bool, error) {
 	start := time.Now()
 	l, ok, err := r.m.TryAcquire(ctx, key, ttl)
 	end := time.Now()
@@ -109,7 +111,9 @@ func (r *recManager) TryAcquire(ctx context.Context, key string, ttl time.Durati
 	return r.wrap(l, key, ttl, start, end), true, nil
 }
 
-func (r *recManager) Acquire(ctx context.Context, key string, ttl time.Duration) (lock.Lease, error) {
+func (r *recManager) Acquire(
+	ctx context.Context, key string, ttl time.Duration,
+) (lock.Lease, error) {
 	start := time.Now()
 	l, err := r.m.Acquire(ctx, key, ttl)
 	end := time.Now()
@@ -120,8 +124,11 @@ func (r *recManager) Acquire(ctx context.Context, key string, ttl time.Duration)
 	return r.wrap(l, key, ttl, start, end), nil
 }
 
-func (r *recManager) wrap(l lock.Lease, key string, ttl time.Duration, start, end time.Time) *recLease {
-	rec := &leaseRec{client: r.client, key: key, token: l.Token(), fence: l.Fence(), ttl: ttl, acqCall: start, acqEnd: end}
+func (r *recManager) wrap(
+	l lock.Lease, key string, ttl time.Duration, start, end time.Time,
+) *recLease {
+	rec := &leaseRec{client: r.client, key: key, token: l.Token(), fence: l.Fence(), ttl: ttl,
+		acqCall: start, acqEnd: end}
 	r.h.addLease(rec)
 	return &recLease{Lease: l, rec: rec, h: r.h}
 }
@@ -313,7 +320,8 @@ func check(h *history, g *fencedRegister, slack time.Duration) *verdict {
 			s := &spans[i]
 			if far != nil && s.start.Before(far.end) && s.lease != far.lease {
 				a, b := h.leases[far.lease], h.leases[s.lease]
-				v.overlaps = append(v.overlaps, fmt.Sprintf("key %q: lease fence %d (client %d) held until >= %v while fence %d (client %d) held from %v",
+				v.overlaps = append(v.overlaps, fmt.Sprintf("key %q: lease fence %d (client %d) "+
+					"held until >= %v while fence %d (client %d) held from %v",
 					k, a.fence, a.client, far.end.Sub(h.origin), b.fence, b.client, s.start.Sub(h.origin)))
 			}
 			if far == nil || s.end.After(far.end) {
@@ -327,7 +335,8 @@ func check(h *history, g *fencedRegister, slack time.Duration) *verdict {
 		sort.Slice(sorted, func(i, j int) bool { return sorted[i].fence < sorted[j].fence })
 		for i := 1; i < len(sorted); i++ {
 			if sorted[i].fence == sorted[i-1].fence {
-				v.fenceOrder = append(v.fenceOrder, fmt.Sprintf("key %q: fence %d granted twice", k, sorted[i].fence))
+				v.fenceOrder = append(v.fenceOrder,
+					fmt.Sprintf("key %q: fence %d granted twice", k, sorted[i].fence))
 			}
 		}
 		// For each lease, the earliest acqEnd among leases with a larger
@@ -350,7 +359,8 @@ func check(h *history, g *fencedRegister, slack time.Duration) *verdict {
 			}
 			next := minEndAfter[j]
 			if next.Before(r.acqCall) {
-				v.fenceOrder = append(v.fenceOrder, fmt.Sprintf("key %q: fence %d acquired after a larger fence had been granted", k, r.fence))
+				v.fenceOrder = append(v.fenceOrder, fmt.Sprintf(
+					"key %q: fence %d acquired after a larger fence had been granted", k, r.fence))
 			}
 			// 3. A holder is told before it can write again: no write by r
 			// after a lease with a larger fence was certainly granted.
@@ -360,7 +370,8 @@ func check(h *history, g *fencedRegister, slack time.Duration) *verdict {
 					v.rejected++
 				}
 				if w.at.After(next) || !w.accepted {
-					v.untold = append(v.untold, fmt.Sprintf("key %q: client %d wrote with fence %d at %v (accepted=%v), after a newer lease was granted at <= %v, without being told",
+					v.untold = append(v.untold, fmt.Sprintf("key %q: client %d wrote with fence %d "+
+						"at %v (accepted=%v), after a newer lease was granted at <= %v, without being told",
 						k, r.client, r.fence, w.at.Sub(h.origin), w.accepted, next.Sub(h.origin)))
 				}
 			}
@@ -375,8 +386,10 @@ func check(h *history, g *fencedRegister, slack time.Duration) *verdict {
 		// 4. The register itself: accepted fences never go down.
 		acc := g.accepted[k]
 		for i := 1; i < len(acc); i++ {
-			if acc[i].fence < acc[i-1].fence || (acc[i].fence == acc[i-1].fence && acc[i].token != acc[i-1].token) {
-				v.outOfOrder = append(v.outOfOrder, fmt.Sprintf("key %q: accepted fence %d after %d", k, acc[i].fence, acc[i-1].fence))
+			if acc[i].fence < acc[i-1].fence ||
+				(acc[i].fence == acc[i-1].fence && acc[i].token != acc[i-1].token) {
+				v.outOfOrder = append(v.outOfOrder,
+					fmt.Sprintf("key %q: accepted fence %d after %d", k, acc[i].fence, acc[i-1].fence))
 			}
 		}
 	}
@@ -394,7 +407,8 @@ func check(h *history, g *fencedRegister, slack time.Duration) *verdict {
 	// 6. Nothing returns later than its context's deadline plus slack.
 	for _, o := range h.ops {
 		if !o.deadline.IsZero() && o.end.Sub(o.deadline) > slack {
-			v.hangs = append(v.hangs, fmt.Sprintf("client %d: %s returned %v after its deadline", o.client, o.what, o.end.Sub(o.deadline)))
+			v.hangs = append(v.hangs, fmt.Sprintf("client %d: %s returned %v after its deadline",
+				o.client, o.what, o.end.Sub(o.deadline)))
 		}
 	}
 	return v

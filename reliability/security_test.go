@@ -75,7 +75,8 @@ func TestToken_noRepeatsOverAMillionDraws(t *testing.T) {
 	}
 	// P(some pair of a million shares 6 leading random bytes) ~ 1e6/2^48.
 	if maxPrefix >= 6 {
-		t.Errorf("two consecutive tokens share a %d-byte prefix; tokens look time- or counter-derived", maxPrefix)
+		t.Errorf("two consecutive tokens share a %d-byte prefix; "+
+			"tokens look time- or counter-derived", maxPrefix)
 	}
 	// The mean Hamming distance of independent 128-bit draws is 64 with a
 	// standard error of sqrt(32)/1000 ~ 0.006 over a million pairs.
@@ -621,14 +622,16 @@ func tlsFiles(t *testing.T, dir string) (pool *x509.CertPool, caFile, certFile, 
 	}
 	write := func(name, typ string, der []byte) string {
 		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+		block := &pem.Block{Type: typ, Bytes: der}
+		if err := os.WriteFile(p, pem.EncodeToMemory(block), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		return p
 	}
 	pool = x509.NewCertPool()
 	pool.AddCert(ca)
-	return pool, write("ca.crt", "CERTIFICATE", caDER), write("server.crt", "CERTIFICATE", srvDER), write("server.key", "EC PRIVATE KEY", keyDER)
+	return pool, write("ca.crt", "CERTIFICATE", caDER),
+		write("server.crt", "CERTIFICATE", srvDER), write("server.key", "EC PRIVATE KEY", keyDER)
 }
 
 // freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
@@ -680,7 +683,8 @@ func TestTLS_acquireReleaseOverTLS(t *testing.T) {
 		t.Fatalf("INFO stats: %q", n)
 	}
 
-	if _, err := newTLS(&tls.Config{RootCAs: x509.NewCertPool(), MinVersion: tls.VersionTLS12}); err == nil {
+	_, err = newTLS(&tls.Config{RootCAs: x509.NewCertPool(), MinVersion: tls.VersionTLS12})
+	if err == nil {
 		t.Error("a client that does not trust the test CA connected")
 	} else if !strings.Contains(err.Error(), "certificate") {
 		t.Errorf("untrusted CA: %v, want a certificate error", err)

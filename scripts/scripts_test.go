@@ -40,7 +40,8 @@ func realRedis(t *testing.T) backend {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Close)
-	return backend{c: c, addr: srv.Addr, advance: func(t *testing.T, d time.Duration) { time.Sleep(d) }}
+	advance := func(t *testing.T, d time.Duration) { time.Sleep(d) }
+	return backend{c: c, addr: srv.Addr, advance: advance}
 }
 
 // miniRedis runs miniredis on a fixed clock: TIME (which the scripts read
@@ -52,7 +53,9 @@ func miniRedis(t *testing.T) backend {
 	var mu sync.Mutex
 	now := time.Now()
 	m.SetTime(now)
-	c, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{m.Addr()}, DisableCache: true})
+	c, err := rueidis.NewClient(rueidis.ClientOption{
+		InitAddress: []string{m.Addr()}, DisableCache: true,
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,14 +98,18 @@ func keys(t *testing.T) lockKeys {
 }
 
 // eval runs a script file with EVAL (or EVAL_RO) and returns the reply.
-func eval(t *testing.T, b backend, ro bool, name string, keys []string, args ...string) rueidis.RedisResult {
+func eval(
+	t *testing.T, b backend, ro bool, name string, keys []string, args ...string,
+) rueidis.RedisResult {
 	t.Helper()
 	src := source(t, name)
 	ctx := context.Background()
 	if ro {
-		return b.c.Do(ctx, b.c.B().EvalRo().Script(src).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build())
+		return b.c.Do(ctx, b.c.B().EvalRo().Script(src).Numkeys(int64(len(keys))).
+			Key(keys...).Arg(args...).Build())
 	}
-	return b.c.Do(ctx, b.c.B().Eval().Script(src).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build())
+	return b.c.Do(ctx, b.c.B().Eval().Script(src).Numkeys(int64(len(keys))).
+		Key(keys...).Arg(args...).Build())
 }
 
 // acq runs acquire.lua on k's five keys and decodes {acquired, fence, ttl,
@@ -239,7 +246,9 @@ func inLine(t *testing.T, b backend, k lockKeys, token string) int64 {
 // the subscription.
 func subscribe(t *testing.T, b backend, channel string) <-chan string {
 	t.Helper()
-	sub, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{b.addr}, DisableCache: true})
+	sub, err := rueidis.NewClient(rueidis.ClientOption{
+		InitAddress: []string{b.addr}, DisableCache: true,
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -446,7 +455,8 @@ func TestAcquire(t *testing.T) {
 		})
 		t.Run("twoKeys_errWritesNothing", func(t *testing.T) {
 			k := keys(t)
-			wantErr(t, eval(t, b, false, "acquire", k.all()[:2], "tok", "5000", "0", ""), "wrong number of keys: want 5")
+			wantErr(t, eval(t, b, false, "acquire", k.all()[:2], "tok", "5000", "0", ""),
+				"wrong number of keys: want 5")
 			equal(t, "lock key exists", exists(t, b, k.lock), false)
 		})
 		t.Run("fenceKeyNotInteger_errLockNotSet", func(t *testing.T) {
@@ -482,7 +492,8 @@ func TestRefresh(t *testing.T) {
 		t.Run("holder_setsTTLReplies1", func(t *testing.T) {
 			k := keys(t)
 			acq(t, b, k, "tok", "1000", "0", "")
-			equal(t, "reply", one(t, eval(t, b, false, "refresh", []string{k.lock}, "tok", "60000")), int64(1))
+			equal(t, "reply",
+				one(t, eval(t, b, false, "refresh", []string{k.lock}, "tok", "60000")), int64(1))
 			if p := pttl(t, b, k.lock); p <= 1000 || p > 60000 {
 				t.Fatalf("PTTL = %d, want in (1000, 60000]", p)
 			}
@@ -490,7 +501,8 @@ func TestRefresh(t *testing.T) {
 		t.Run("otherToken_replies0ChangesNothing", func(t *testing.T) {
 			k := keys(t)
 			acq(t, b, k, "holder", "5000", "0", "")
-			equal(t, "reply", one(t, eval(t, b, false, "refresh", []string{k.lock}, "other", "60000")), int64(0))
+			equal(t, "reply",
+				one(t, eval(t, b, false, "refresh", []string{k.lock}, "other", "60000")), int64(0))
 			if p := pttl(t, b, k.lock); p > 5000 {
 				t.Fatalf("PTTL = %d, want <= 5000", p)
 			}
@@ -499,14 +511,16 @@ func TestRefresh(t *testing.T) {
 		})
 		t.Run("absent_replies0CreatesNothing", func(t *testing.T) {
 			k := keys(t)
-			equal(t, "reply", one(t, eval(t, b, false, "refresh", []string{k.lock}, "tok", "5000")), int64(0))
+			equal(t, "reply",
+				one(t, eval(t, b, false, "refresh", []string{k.lock}, "tok", "5000")), int64(0))
 			equal(t, "exists", exists(t, b, k.lock), false)
 		})
 		t.Run("afterExpiry_replies0", func(t *testing.T) {
 			k := keys(t)
 			acq(t, b, k, "tok", "50", "0", "")
 			b.advance(t, 150*time.Millisecond)
-			equal(t, "reply", one(t, eval(t, b, false, "refresh", []string{k.lock}, "tok", "5000")), int64(0))
+			equal(t, "reply",
+				one(t, eval(t, b, false, "refresh", []string{k.lock}, "tok", "5000")), int64(0))
 			equal(t, "exists", exists(t, b, k.lock), false)
 		})
 		for _, tc := range []struct {
@@ -989,7 +1003,8 @@ func TestProtocol1Client_concurrentMutualExclusion(t *testing.T) {
 				if proto == 1 {
 					err = c.Do(ctx, c.B().Eval().Script(rel1).Numkeys(1).Key(k.lock).Arg(tok).Build()).Error()
 				} else {
-					err = c.Do(ctx, c.B().Eval().Script(rel2).Numkeys(5).Key(k.all()...).Arg(tok, "").Build()).Error()
+					err = c.Do(ctx, c.B().Eval().Script(rel2).Numkeys(5).Key(k.all()...).
+						Arg(tok, "").Build()).Error()
 				}
 				if err != nil {
 					errs <- err
@@ -1088,13 +1103,15 @@ func TestInspect(t *testing.T) {
 func TestWriteScripts_refusedUnderEVAL_RO(t *testing.T) {
 	b := realRedis(t)
 	k := keys(t)
-	wantErr(t, eval(t, b, true, "acquire", k.all(), "tok", "5000", "0", ""), "Write commands are not allowed")
+	wantErr(t, eval(t, b, true, "acquire", k.all(), "tok", "5000", "0", ""),
+		"Write commands are not allowed")
 	for _, key := range k.all() {
 		equal(t, key+" exists", exists(t, b, key), false)
 	}
 	acq(t, b, k, "tok", "5000", "0", "")
 	before := snapshot(t, b, k)
-	wantErr(t, eval(t, b, true, "refresh", k.all()[:1], "tok", "60000"), "Write commands are not allowed")
+	wantErr(t, eval(t, b, true, "refresh", k.all()[:1], "tok", "60000"),
+		"Write commands are not allowed")
 	wantErr(t, eval(t, b, true, "release", k.all(), "tok", ""), "Write commands are not allowed")
 	equal(t, "keys", snapshot(t, b, k), before)
 }
@@ -1168,7 +1185,8 @@ func TestREADME_redisCLI(t *testing.T) {
 	}
 	blocks := readmeBlocks(t)
 	if len(blocks) < 4 {
-		t.Fatalf("README.md has %d redis-cli blocks, want at least 4: did the fences change?", len(blocks))
+		t.Fatalf("README.md has %d redis-cli blocks, want at least 4: "+
+			"did the fences change?", len(blocks))
 	}
 	for i, block := range blocks {
 		var want []string
@@ -1186,7 +1204,8 @@ func TestREADME_redisCLI(t *testing.T) {
 		}
 		got := strings.Split(strings.TrimSuffix(string(out), "\n"), "\n")
 		if len(got) != len(want) {
-			t.Fatalf("block %d printed %d lines, want %d:\n%s\n--- got:\n%s", i+1, len(got), len(want), block, out)
+			t.Fatalf("block %d printed %d lines, want %d:\n%s\n--- got:\n%s",
+				i+1, len(got), len(want), block, out)
 		}
 		for j := range want {
 			ok := got[j] == want[j]
@@ -1208,13 +1227,32 @@ func TestRedisCLI_errorsAndWrongType(t *testing.T) {
 	srv := redistest.Start(t)
 	const k5 = `'{e}' '{e}:fence' '{e}:line' '{e}:line:deadlines' '{e}:line:args'`
 	steps := []struct{ cmd, want string }{
-		{`$CLI EVAL "$(cat scripts/acquire.lua)" 5 ` + k5 + ` '' 5000 0 ''`, "ERR invalid token: want a non-empty string"},
-		{`$CLI EVAL "$(cat scripts/acquire.lua)" 5 ` + k5 + ` tok 5000 -1 ''`, "ERR invalid line ttl: want an integer number of milliseconds from 0 to 31536000000"},
-		{`$CLI EVAL "$(cat scripts/acquire.lua)" 2 '{e}' '{e}:fence' tok 5000`, "ERR wrong number of keys: want 5 (lock, fence, line, line deadlines, line args)"},
-		{`$CLI EVAL "$(cat scripts/refresh.lua)" 1 '{e}' tok 1.5`, "ERR invalid ttl: want an integer number of milliseconds from 1 to 31536000000"},
-		{`$CLI EVAL "$(cat scripts/release.lua)" 5 ` + k5 + ` '' ''`, "ERR invalid token: want a non-empty string"},
+		{
+			`$CLI EVAL "$(cat scripts/acquire.lua)" 5 ` + k5 + ` '' 5000 0 ''`,
+			"ERR invalid token: want a non-empty string",
+		},
+		{
+			`$CLI EVAL "$(cat scripts/acquire.lua)" 5 ` + k5 + ` tok 5000 -1 ''`,
+			"ERR invalid line ttl: want an integer number of milliseconds from 0 to 31536000000",
+		},
+		{
+			`$CLI EVAL "$(cat scripts/acquire.lua)" 2 '{e}' '{e}:fence' tok 5000`,
+			"ERR wrong number of keys: want 5 (lock, fence, line, line deadlines, line args)",
+		},
+		{
+			`$CLI EVAL "$(cat scripts/refresh.lua)" 1 '{e}' tok 1.5`,
+			"ERR invalid ttl: want an integer number of milliseconds from 1 to 31536000000",
+		},
+		{
+			`$CLI EVAL "$(cat scripts/release.lua)" 5 ` + k5 + ` '' ''`,
+			"ERR invalid token: want a non-empty string",
+		},
 		{`$CLI EXISTS '{e}' '{e}:fence' '{e}:line'`, "0"},
-		{`$CLI HSET '{e}' f v >/dev/null; $CLI EVAL "$(cat scripts/acquire.lua)" 5 ` + k5 + ` tok 5000 0 '' | cut -c1-9`, "WRONGTYPE"},
+		{
+			`$CLI HSET '{e}' f v >/dev/null; ` +
+				`$CLI EVAL "$(cat scripts/acquire.lua)" 5 ` + k5 + ` tok 5000 0 '' | cut -c1-9`,
+			"WRONGTYPE",
+		},
 		{`$CLI EXISTS '{e}:fence'`, "0"},
 	}
 	for _, s := range steps {

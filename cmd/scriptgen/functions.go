@@ -155,7 +155,8 @@ func renderFunctions(scripts []*script, scriptsDir string) []byte {
 		p("}")
 	}
 	p("")
-	p("-- %s: the protocol of the scripts above (%s/README.md, \"Versions\").", protocolFunction, scriptsDir)
+	p("-- %s: the protocol of the scripts above (%s/README.md, \"Versions\").",
+		protocolFunction, scriptsDir)
 	p("redis.register_function{")
 	p("  function_name = '%s',", protocolFunction)
 	p("  callback = function() return %d end,", protocol)

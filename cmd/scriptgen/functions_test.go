@@ -38,10 +38,23 @@ func TestFunctionFlags(t *testing.T) {
 		want      []string
 	}{
 		{"read-only script", "return redis.call('SET', KEYS[1], 1)", true, []string{"no-writes"}},
-		{"only commands that never grow memory", "if redis.call('GET', KEYS[1]) then redis.call( \"DEL\", KEYS[1]) end return redis.pcall('pexpire', KEYS[1], 1)", false, []string{"allow-oom"}},
-		{"a denyoom command", "redis.call('GET', KEYS[1]) return redis.call('INCR', KEYS[2])", false, nil},
-		{"a denyoom command through pcall", "redis.call('DEL', KEYS[1]) return redis.pcall('SET', KEYS[1], 1)", false, nil},
-		{"a command chosen at run time", "redis.call('DEL', KEYS[1]) return redis.call(ARGV[1], KEYS[1])", false, nil},
+		{
+			"only commands that never grow memory",
+			"if redis.call('GET', KEYS[1]) then redis.call( \"DEL\", KEYS[1]) end " +
+				"return redis.pcall('pexpire', KEYS[1], 1)",
+			false, []string{"allow-oom"},
+		},
+		{
+			"a denyoom command", "redis.call('GET', KEYS[1]) return redis.call('INCR', KEYS[2])", false, nil,
+		},
+		{
+			"a denyoom command through pcall",
+			"redis.call('DEL', KEYS[1]) return redis.pcall('SET', KEYS[1], 1)", false, nil,
+		},
+		{
+			"a command chosen at run time", "redis.call('DEL', KEYS[1]) return redis.call(ARGV[1], KEYS[1])",
+			false, nil,
+		},
 		{"no command", "return 1", false, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -67,7 +80,8 @@ func TestGenerate_committedFunctionsAreFresh(t *testing.T) {
 		t.Fatalf("%v (run go generate ./...)", err)
 	}
 	if diff := cmp.Diff(string(want), string(got)); diff != "" {
-		t.Errorf("scripts/%s is stale; run go generate ./... (-fresh +committed):\n%s", functionsFile, diff)
+		t.Errorf("scripts/%s is stale; run go generate ./... (-fresh +committed):\n%s",
+			functionsFile, diff)
 	}
 }
 
@@ -98,7 +112,8 @@ func TestRun_writesFunctionsLibrary(t *testing.T) {
 	}
 
 	custom := filepath.Join(dir, "elsewhere", "lib.lua")
-	if err := run([]string{"-scripts", scripts, "-out", out, "-functions", custom}, os.Stderr); err != nil {
+	args := []string{"-scripts", scripts, "-out", out, "-functions", custom}
+	if err := run(args, os.Stderr); err != nil {
 		t.Fatal(err)
 	}
 	if b, err := os.ReadFile(custom); err != nil || !bytes.Equal(b, lib) {
@@ -122,7 +137,8 @@ func TestFunctions_goldenLibraryLoads(t *testing.T) {
 	c := newRedisClient(t)
 	ctx := context.Background()
 	lib := renderFunctions(goldenScripts(t), "scripts")
-	if err := c.Do(ctx, c.B().FunctionLoad().Replace().FunctionCode(string(lib)).Build()).Error(); err != nil {
+	load := c.B().FunctionLoad().Replace().FunctionCode(string(lib)).Build()
+	if err := c.Do(ctx, load).Error(); err != nil {
 		t.Fatalf("FUNCTION LOAD: %v\n%s", err, lib)
 	}
 	if err := c.Do(ctx, c.B().Set().Key("peek").Value("v").Build()).Error(); err != nil {
@@ -132,7 +148,10 @@ func TestFunctions_goldenLibraryLoads(t *testing.T) {
 		cmd  []string
 		want any
 	}{
-		{[]string{"FCALL", "klauthed_pair", "2", "a", "b", "owner", "250"}, []any{int64(1), int64(1), int64(250)}},
+		{
+			[]string{"FCALL", "klauthed_pair", "2", "a", "b", "owner", "250"},
+			[]any{int64(1), int64(1), int64(250)},
+		},
 		{[]string{"FCALL_RO", "klauthed_peek", "1", "peek"}, []any{"v", int64(0)}},
 		{[]string{"FCALL_RO", "klauthed_count", "1", "peek", "1"}, "string"},
 		{[]string{"FCALL_RO", "klauthed_two_words", "2", "a", "b", "1", "x"}, int64(0)},
@@ -147,7 +166,9 @@ func TestFunctions_goldenLibraryLoads(t *testing.T) {
 func newRedisClient(t *testing.T) rueidis.Client {
 	t.Helper()
 	srv := redistest.Start(t)
-	c, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{srv.Addr}, DisableCache: true})
+	c, err := rueidis.NewClient(rueidis.ClientOption{
+		InitAddress: []string{srv.Addr}, DisableCache: true,
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -257,54 +278,140 @@ func TestFunctions_behaveAsScripts(t *testing.T) {
 		ttlAt  int // index of a PTTL in an array reply, rounded by secs; -1 for none
 		want   outcome
 	}{
-		{"acquire/free", "acquire", nil, lf, a("tok", "5000"), -1, outcome{Value: []any{int64(1), int64(1), int64(5000), int64(0)}}},
-		{"acquire/after earlier fences", "acquire", [][]string{{"SET", "$fence", "41"}}, lf, a("tok", "5000"), -1, outcome{Value: []any{int64(1), int64(42), int64(5000), int64(0)}}},
-		{"acquire/held by same token", "acquire", held, lf, a("tok", "9000"), -1, outcome{Value: []any{int64(1), int64(7), int64(9000), int64(0)}}},
-		{"acquire/held by same token, fence deleted", "acquire", held[:1], lf, a("tok", "9000"), -1, outcome{Value: []any{int64(1), int64(0), int64(9000), int64(0)}}},
-		{"acquire/held by other", "acquire", heldOther, lf, a("tok", "9000"), 2, outcome{Value: []any{int64(0), int64(0), "~5s", int64(0)}}},
-		{"acquire/held by other, joins the line", "acquire", heldOther, lf, []string{"tok", "9000", "3000", "ch"}, 2, outcome{Value: []any{int64(0), int64(0), "~5s", int64(1)}}},
-		{"acquire/held, joins behind w", "acquire", heldLine, lf, []string{"x", "9000", "3000", "ch"}, 2, outcome{Value: []any{int64(0), int64(0), "~5s", int64(2)}}},
-		{"acquire/free with w in line: handed to w", "acquire", freeLine, lf, []string{"x", "9000", "3000", "ch"}, 2, outcome{Value: []any{int64(0), int64(0), "~4s", int64(1)}}},
-		{"acquire/free, w in line, w acquires", "acquire", freeLine, lf, []string{"w", "9000", "3000", ""}, -1, outcome{Value: []any{int64(1), int64(8), int64(9000), int64(0)}}},
-		{"acquire/held by other without expiry", "acquire", noExpiry, lf, a("tok", "9000"), 2, outcome{Value: []any{int64(0), int64(0), int64(-1), int64(0)}}},
+		{
+			"acquire/free", "acquire", nil, lf, a("tok", "5000"), -1,
+			outcome{Value: []any{int64(1), int64(1), int64(5000), int64(0)}},
+		},
+		{
+			"acquire/after earlier fences", "acquire", [][]string{{"SET", "$fence", "41"}}, lf,
+			a("tok", "5000"), -1, outcome{Value: []any{int64(1), int64(42), int64(5000), int64(0)}},
+		},
+		{
+			"acquire/held by same token", "acquire", held, lf, a("tok", "9000"), -1,
+			outcome{Value: []any{int64(1), int64(7), int64(9000), int64(0)}},
+		},
+		{
+			"acquire/held by same token, fence deleted", "acquire", held[:1], lf, a("tok", "9000"), -1,
+			outcome{Value: []any{int64(1), int64(0), int64(9000), int64(0)}},
+		},
+		{
+			"acquire/held by other", "acquire", heldOther, lf, a("tok", "9000"), 2,
+			outcome{Value: []any{int64(0), int64(0), "~5s", int64(0)}},
+		},
+		{
+			"acquire/held by other, joins the line", "acquire", heldOther, lf,
+			[]string{"tok", "9000", "3000", "ch"}, 2,
+			outcome{Value: []any{int64(0), int64(0), "~5s", int64(1)}},
+		},
+		{
+			"acquire/held, joins behind w", "acquire", heldLine, lf, []string{"x", "9000", "3000", "ch"}, 2,
+			outcome{Value: []any{int64(0), int64(0), "~5s", int64(2)}},
+		},
+		{
+			"acquire/free with w in line: handed to w", "acquire", freeLine, lf,
+			[]string{"x", "9000", "3000", "ch"}, 2,
+			outcome{Value: []any{int64(0), int64(0), "~4s", int64(1)}},
+		},
+		{
+			"acquire/free, w in line, w acquires", "acquire", freeLine, lf,
+			[]string{"w", "9000", "3000", ""}, -1,
+			outcome{Value: []any{int64(1), int64(8), int64(9000), int64(0)}},
+		},
+		{
+			"acquire/held by other without expiry", "acquire", noExpiry, lf, a("tok", "9000"), 2,
+			outcome{Value: []any{int64(0), int64(0), int64(-1), int64(0)}},
+		},
 		{"acquire/empty token", "acquire", nil, lf, a("", "5000"), -1, outcome{Err: badToken}},
 		{"acquire/missing args", "acquire", nil, lf, nil, -1, outcome{Err: badToken}},
 		{"acquire/ttl 0", "acquire", nil, lf, a("tok", "0"), -1, outcome{Err: badTTL}},
 		{"acquire/ttl negative", "acquire", nil, lf, a("tok", "-5"), -1, outcome{Err: badTTL}},
 		{"acquire/ttl fraction", "acquire", nil, lf, a("tok", "1.5"), -1, outcome{Err: badTTL}},
-		{"acquire/ttl over a year", "acquire", nil, lf, a("tok", "31536000001"), -1, outcome{Err: badTTL}},
-		{"acquire/ttl huge", "acquire", nil, lf, a("tok", "99999999999999999999"), -1, outcome{Err: badTTL}},
+		{
+			"acquire/ttl over a year", "acquire", nil, lf, a("tok", "31536000001"), -1, outcome{Err: badTTL},
+		},
+		{
+			"acquire/ttl huge", "acquire", nil, lf, a("tok", "99999999999999999999"), -1,
+			outcome{Err: badTTL},
+		},
 		{"acquire/ttl missing", "acquire", nil, lf, []string{"tok"}, -1, outcome{Err: badTTL}},
-		{"acquire/line ttl missing", "acquire", nil, lf, []string{"tok", "5000"}, -1, outcome{Err: badLine}},
-		{"acquire/line ttl negative", "acquire", heldOther, lf, []string{"tok", "5000", "-1", ""}, -1, outcome{Err: badLine}},
+		{
+			"acquire/line ttl missing", "acquire", nil, lf, []string{"tok", "5000"}, -1,
+			outcome{Err: badLine},
+		},
+		{
+			"acquire/line ttl negative", "acquire", heldOther, lf, []string{"tok", "5000", "-1", ""}, -1,
+			outcome{Err: badLine},
+		},
 		{"acquire/two keys", "acquire", nil, lf[:2], a("tok", "5000"), -1, outcome{Err: keys5}},
-		{"acquire/lock key wrong type", "acquire", lockList, lf, a("tok", "5000"), -1, outcome{Err: wrongTyp}},
-		{"acquire/fence key wrong type", "acquire", fenceList, lf, a("tok", "5000"), -1, outcome{Err: wrongTyp}},
-		{"acquire/fence key not an integer", "acquire", [][]string{{"SET", "$lock", "tok", "PX", "5000"}, {"SET", "$fence", "x"}}, lf, a("tok", "5000"), -1, outcome{Err: notInt}},
+		{
+			"acquire/lock key wrong type", "acquire", lockList, lf, a("tok", "5000"), -1,
+			outcome{Err: wrongTyp},
+		},
+		{
+			"acquire/fence key wrong type", "acquire", fenceList, lf, a("tok", "5000"), -1,
+			outcome{Err: wrongTyp},
+		},
+		{
+			"acquire/fence key not an integer", "acquire",
+			[][]string{{"SET", "$lock", "tok", "PX", "5000"}, {"SET", "$fence", "x"}}, lf, a("tok", "5000"),
+			-1, outcome{Err: notInt},
+		},
 
 		{"refresh/held", "refresh", held, l, []string{"tok", "9000"}, -1, outcome{Value: int64(1)}},
-		{"refresh/held by other", "refresh", heldOther, l, []string{"tok", "9000"}, -1, outcome{Value: int64(0)}},
+		{
+			"refresh/held by other", "refresh", heldOther, l, []string{"tok", "9000"}, -1,
+			outcome{Value: int64(0)},
+		},
 		{"refresh/free", "refresh", nil, l, []string{"tok", "9000"}, -1, outcome{Value: int64(0)}},
 		{"refresh/empty token", "refresh", held, l, []string{"", "9000"}, -1, outcome{Err: badToken}},
 		{"refresh/ttl 0", "refresh", held, l, []string{"tok", "0"}, -1, outcome{Err: badTTL}},
 		{"refresh/ttl text", "refresh", held, l, []string{"tok", "soon"}, -1, outcome{Err: badTTL}},
 		{"refresh/two keys", "refresh", held, lf[:2], []string{"tok", "9000"}, -1, outcome{Err: keys1}},
-		{"refresh/wrong type", "refresh", lockList, l, []string{"tok", "9000"}, -1, outcome{Err: wrongTyp}},
+		{
+			"refresh/wrong type", "refresh", lockList, l, []string{"tok", "9000"}, -1,
+			outcome{Err: wrongTyp},
+		},
 
-		{"release/held", "release", held, lf, []string{"tok", ""}, -1, outcome{Value: []any{int64(1), nil, int64(0), int64(0)}}},
-		{"release/held, hands to w", "release", heldLine, lf, []string{"tok", "chT"}, -1, outcome{Value: []any{int64(1), "w", int64(8), int64(4000)}}},
-		{"release/held by other", "release", heldOther, lf, []string{"tok", ""}, -1, outcome{Value: []any{int64(0), nil, int64(0), int64(0)}}},
-		{"release/w gives up", "release", heldLine, lf, []string{"w", ""}, -1, outcome{Value: []any{int64(0), nil, int64(0), int64(0)}}},
-		{"release/free", "release", nil, lf, []string{"tok", ""}, -1, outcome{Value: []any{int64(0), nil, int64(0), int64(0)}}},
+		{
+			"release/held", "release", held, lf, []string{"tok", ""}, -1,
+			outcome{Value: []any{int64(1), nil, int64(0), int64(0)}},
+		},
+		{
+			"release/held, hands to w", "release", heldLine, lf, []string{"tok", "chT"}, -1,
+			outcome{Value: []any{int64(1), "w", int64(8), int64(4000)}},
+		},
+		{
+			"release/held by other", "release", heldOther, lf, []string{"tok", ""}, -1,
+			outcome{Value: []any{int64(0), nil, int64(0), int64(0)}},
+		},
+		{
+			"release/w gives up", "release", heldLine, lf, []string{"w", ""}, -1,
+			outcome{Value: []any{int64(0), nil, int64(0), int64(0)}},
+		},
+		{
+			"release/free", "release", nil, lf, []string{"tok", ""}, -1,
+			outcome{Value: []any{int64(0), nil, int64(0), int64(0)}},
+		},
 		{"release/empty token", "release", held, lf, []string{"", ""}, -1, outcome{Err: badToken}},
 		{"release/one key", "release", held, l, []string{"tok", ""}, -1, outcome{Err: keys5}},
 		{"release/wrong type", "release", lockList, lf, []string{"tok", ""}, -1, outcome{Err: wrongTyp}},
-		{"release/fence not an integer, nobody waits", "release", [][]string{{"SET", "$lock", "tok"}, {"SET", "$fence", "x"}}, lf, []string{"tok", ""}, -1, outcome{Value: []any{int64(1), nil, int64(0), int64(0)}}},
-		{"release/fence not an integer, w waits", "release", append([][]string{{"SET", "$lock", "tok"}, {"SET", "$fence", "x"}}, line...), lf, []string{"tok", ""}, -1, outcome{Err: notInt}},
+		{
+			"release/fence not an integer, nobody waits", "release",
+			[][]string{{"SET", "$lock", "tok"}, {"SET", "$fence", "x"}}, lf, []string{"tok", ""}, -1,
+			outcome{Value: []any{int64(1), nil, int64(0), int64(0)}},
+		},
+		{
+			"release/fence not an integer, w waits", "release",
+			append([][]string{{"SET", "$lock", "tok"}, {"SET", "$fence", "x"}}, line...), lf,
+			[]string{"tok", ""}, -1, outcome{Err: notInt},
+		},
 
 		{"inspect/free", "inspect", nil, l, nil, 1, outcome{Value: []any{nil, int64(0)}}},
 		{"inspect/held", "inspect", held, l, nil, 1, outcome{Value: []any{"tok", "~5s"}}},
-		{"inspect/held without expiry", "inspect", noExpiry, l, nil, 1, outcome{Value: []any{"other", int64(-1)}}},
+		{
+			"inspect/held without expiry", "inspect", noExpiry, l, nil, 1,
+			outcome{Value: []any{"other", int64(-1)}},
+		},
 		{"inspect/two keys", "inspect", held, lf[:2], nil, 1, outcome{Err: keys1}},
 		{"inspect/wrong type", "inspect", lockList, l, nil, 1, outcome{Err: wrongTyp}},
 	}
@@ -357,7 +464,8 @@ func TestFunctions_behaveAsScripts(t *testing.T) {
 				t.Errorf("%s of scripts/%s.lua (-want +got):\n%s", evalCmd, s.Name, diff)
 			}
 			if diff := cmp.Diff(evalGot, fcallGot); diff != "" {
-				t.Errorf("%s %s replied unlike %s (-eval +fcall):\n%s", fcallCmd, functionName(s), evalCmd, diff)
+				t.Errorf("%s %s replied unlike %s (-eval +fcall):\n%s",
+					fcallCmd, functionName(s), evalCmd, diff)
 			}
 			if diff := cmp.Diff(evalState, fcallState); diff != "" {
 				t.Errorf("keys after %s differ from after %s (-eval +fcall):\n%s", fcallCmd, evalCmd, diff)
@@ -370,7 +478,8 @@ func TestFunctions_behaveAsScripts(t *testing.T) {
 			if s.ReadOnly {
 				continue
 			}
-			got := outcomeOf(t, c.Do(ctx, c.B().Arbitrary("FCALL_RO", functionName(s), "1", "ro:{k}", "tok", "1000").Build()))
+			ro := c.B().Arbitrary("FCALL_RO", functionName(s), "1", "ro:{k}", "tok", "1000").Build()
+			got := outcomeOf(t, c.Do(ctx, ro))
 			if !strings.HasPrefix(got.Err, "Can not execute a script with write flag using *_ro command") {
 				t.Errorf("FCALL_RO %s = %+v, want the write-flag error", functionName(s), got)
 			}
@@ -426,7 +535,9 @@ func TestFunctions_overMaxmemory(t *testing.T) {
 	}
 	c := newRedisClient(t)
 	ctx := context.Background()
-	do := func(cmd ...string) outcome { return outcomeOf(t, c.Do(ctx, c.B().Arbitrary(cmd...).Build())) }
+	do := func(cmd ...string) outcome {
+		return outcomeOf(t, c.Do(ctx, c.B().Arbitrary(cmd...).Build()))
+	}
 	if o := do("FUNCTION", "LOAD", string(lib)); o.Err != "" {
 		t.Fatal(o.Err)
 	}
@@ -459,7 +570,8 @@ func TestFunctions_overMaxmemory(t *testing.T) {
 	}{
 		{"refresh", "refresh", "{refresh}", func(k string) []string { return []string{"1", k} },
 			[]string{"tok", "30000"}, outcome{Value: int64(1)}, outcome{Value: int64(1)}},
-		{"inspect of a free key", "inspect", "{free}", func(k string) []string { return []string{"1", k} },
+		{"inspect of a free key", "inspect", "{free}",
+			func(k string) []string { return []string{"1", k} },
 			nil, outcome{Value: []any{nil, int64(0)}}, outcome{Value: []any{nil, int64(0)}}},
 		{"release by the holder", "release", "{release}", five, []string{"tok", ""},
 			outcome{Value: []any{int64(1), nil, int64(0), int64(0)}}, outcome{Err: oom}},
@@ -471,8 +583,10 @@ func TestFunctions_overMaxmemory(t *testing.T) {
 			[]string{"other", "5000", "5000", ""}, outcome{Err: oom}, outcome{Err: oom}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ev := nilHolderPTTL(do(append(append([]string{"EVAL", src[tc.script]}, tc.keys("e"+tc.key)...), tc.args...)...))
-			fc := do(append(append([]string{"FCALL", functionPrefix + tc.script}, tc.keys("f"+tc.key)...), tc.args...)...)
+			ev := nilHolderPTTL(do(append(append([]string{"EVAL", src[tc.script]},
+				tc.keys("e"+tc.key)...), tc.args...)...))
+			fc := do(append(append([]string{"FCALL", functionPrefix + tc.script},
+				tc.keys("f"+tc.key)...), tc.args...)...)
 			if diff := cmp.Diff(tc.eval, ev); diff != "" {
 				t.Errorf("EVAL over maxmemory (-want +got):\n%s", diff)
 			}
@@ -482,11 +596,15 @@ func TestFunctions_overMaxmemory(t *testing.T) {
 		})
 	}
 	// Nothing was written but the release by the holder under EVAL.
-	if n := do("EXISTS", "e{free}", "e{free}:fence", "f{free}", "f{free}:fence", "e{held}:line", "f{held}:line"); n.Value != int64(0) {
-		t.Errorf("acquire over maxmemory wrote %v keys", n.Value)
+	exists := do("EXISTS", "e{free}", "e{free}:fence", "f{free}", "f{free}:fence",
+		"e{held}:line", "f{held}:line")
+	if exists.Value != int64(0) {
+		t.Errorf("acquire over maxmemory wrote %v keys", exists.Value)
 	}
-	if v := do("MGET", "e{held}", "f{held}", "e{release}", "f{release}"); cmp.Diff([]any{"tok", "tok", nil, "tok"}, v.Value) != "" {
-		t.Errorf("holders after the calls over maxmemory = %+v, want tok, tok, nil (released by EVAL), tok", v)
+	holders := do("MGET", "e{held}", "f{held}", "e{release}", "f{release}")
+	if cmp.Diff([]any{"tok", "tok", nil, "tok"}, holders.Value) != "" {
+		t.Errorf("holders after the calls over maxmemory = %+v, "+
+			"want tok, tok, nil (released by EVAL), tok", holders)
 	}
 }
 
@@ -500,7 +618,8 @@ func TestFunctions_protocol(t *testing.T) {
 	}
 	for _, s := range scripts {
 		if s.Name == "acquire" && (len(s.Keys) != 5 || len(s.Reply) != 4) {
-			t.Fatalf("acquire has %d keys and %d reply elements: not protocol %d", len(s.Keys), len(s.Reply), protocol)
+			t.Fatalf("acquire has %d keys and %d reply elements: not protocol %d",
+				len(s.Keys), len(s.Reply), protocol)
 		}
 	}
 	lib, err := os.ReadFile(filepath.Join("..", "..", "scripts", filepath.FromSlash(functionsFile)))
@@ -509,7 +628,8 @@ func TestFunctions_protocol(t *testing.T) {
 	}
 	c := newRedisClient(t)
 	ctx := context.Background()
-	if o := outcomeOf(t, c.Do(ctx, c.B().Arbitrary("FUNCTION", "LOAD", string(lib)).Build())); o.Err != "" {
+	load := c.B().Arbitrary("FUNCTION", "LOAD", string(lib)).Build()
+	if o := outcomeOf(t, c.Do(ctx, load)); o.Err != "" {
 		t.Fatal(o.Err)
 	}
 	for _, cmd := range []string{"FCALL_RO", "FCALL"} {

@@ -42,7 +42,8 @@ func FuzzParseScript(f *testing.F) {
 			}
 			lines := strings.Count(strings.ReplaceAll(string(src), "\r\n", "\n"), "\n") + 1
 			if he.Path != path || he.Line < 1 || he.Line > lines {
-				t.Fatalf("error %q names %s:%d; want %s and a line in 1..%d", err, he.Path, he.Line, path, lines)
+				t.Fatalf("error %q names %s:%d; want %s and a line in 1..%d",
+					err, he.Path, he.Line, path, lines)
 			}
 			if want := path + ":" + strconv.Itoa(he.Line) + ": "; !strings.HasPrefix(err.Error(), want) {
 				t.Fatalf("error %q does not start with %q", err, want)

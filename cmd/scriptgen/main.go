@@ -47,7 +47,8 @@ func run(argv []string, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	scriptsDir := fs.String("scripts", "scripts", "directory of the *.lua scripts")
 	outDir := fs.String("out", "gen", "directory of the generated Go package")
-	funcPath := fs.String("functions", "", "path of the Redis Functions library (default <scripts>/"+functionsFile+")")
+	funcPath := fs.String("functions", "",
+		"path of the Redis Functions library (default <scripts>/"+functionsFile+")")
 	if err := fs.Parse(argv); err != nil {
 		return err
 	}

@@ -136,7 +136,8 @@ func parseScript(path, name string, src []byte) (*script, error) {
 	}
 	for _, f := range []string{"name", "keys", "argv", "reply"} {
 		if _, ok := seen[f]; !ok {
-			return fail(1, "missing header field %q (the header is the leading block of \"-- field: value\" lines)", f)
+			return fail(1, "missing header field %q "+
+				"(the header is the leading block of \"-- field: value\" lines)", f)
 		}
 	}
 	if err := checkNames(s); err != nil {
@@ -174,7 +175,8 @@ func parseArgv(v string) ([]arg, error) {
 			return nil, fmt.Errorf("argv: bad item %q: want \"name type\"", strings.TrimSpace(item))
 		}
 		if !argTypes[f[1]] {
-			return nil, fmt.Errorf("argv: %s: unknown type %q (want string, int64 or duration_ms)", f[0], f[1])
+			return nil, fmt.Errorf("argv: %s: unknown type %q (want string, int64 or duration_ms)",
+				f[0], f[1])
 		}
 		args = append(args, arg{Name: f[0], Type: f[1]})
 	}
@@ -189,20 +191,25 @@ func parseReply(v string) ([]field, error) {
 	for _, item := range strings.Split(v, ",") {
 		f := strings.Fields(item)
 		if len(f) < 2 || len(f) > 3 || !validName(f[0]) {
-			return nil, fmt.Errorf("reply: bad item %q: want \"name type\" or \"name string|nil (flag)\"", strings.TrimSpace(item))
+			return nil, fmt.Errorf("reply: bad item %q: want \"name type\" or \"name string|nil (flag)\"",
+				strings.TrimSpace(item))
 		}
 		if !replyTypes[f[1]] {
-			return nil, fmt.Errorf("reply: %s: unknown type %q (want bool, int64, uint64, duration_ms, string or string|nil)", f[0], f[1])
+			return nil, fmt.Errorf("reply: %s: unknown type %q "+
+				"(want bool, int64, uint64, duration_ms, string or string|nil)", f[0], f[1])
 		}
 		fd := field{Name: f[0], Type: f[1]}
 		if len(f) == 3 {
 			flag := strings.TrimSuffix(strings.TrimPrefix(f[2], "("), ")")
-			if f[1] != "string|nil" || !strings.HasPrefix(f[2], "(") || !strings.HasSuffix(f[2], ")") || !validName(flag) {
-				return nil, fmt.Errorf("reply: bad item %q: only string|nil takes a \"(flag)\" naming its presence bool", strings.TrimSpace(item))
+			if f[1] != "string|nil" || !strings.HasPrefix(f[2], "(") ||
+				!strings.HasSuffix(f[2], ")") || !validName(flag) {
+				return nil, fmt.Errorf("reply: bad item %q: "+
+					"only string|nil takes a \"(flag)\" naming its presence bool", strings.TrimSpace(item))
 			}
 			fd.Present = flag
 		} else if f[1] == "string|nil" {
-			return nil, fmt.Errorf("reply: %s: string|nil needs a \"(flag)\" naming the bool set when it is not nil", f[0])
+			return nil, fmt.Errorf("reply: %s: string|nil needs a \"(flag)\" "+
+				"naming the bool set when it is not nil", f[0])
 		}
 		fields = append(fields, fd)
 	}

@@ -203,7 +203,9 @@ func renderScript(s *script) *jen.File {
 	f.Type().Id(result).StructFunc(func(g *jen.Group) {
 		for i, fd := range s.Reply {
 			if fd.Present != "" {
-				g.Add(comments(fmt.Sprintf("%s reports that reply element %d was not nil.", goExported(fd.Present), i+1)))
+				doc := fmt.Sprintf("%s reports that reply element %d was not nil.",
+					goExported(fd.Present), i+1)
+				g.Add(comments(doc))
 				g.Id(goExported(fd.Present)).Bool()
 			}
 			g.Add(comments(fieldDoc(fd, i, len(s.Reply))))
@@ -265,7 +267,9 @@ func renderScript(s *script) *jen.File {
 				"or unsupported, rueidis sends the command uncached. Results and errors are " +
 				"as for " + exp + ".",
 		))
-		f.Func().Id(exp+"Cache").Params(cparams...).Params(jen.Id(result), jen.Error()).BlockFunc(func(g *jen.Group) {
+		f.Func().Id(exp+"Cache").Params(cparams...).Params(
+			jen.Id(result), jen.Error(),
+		).BlockFunc(func(g *jen.Group) {
 			args := argRefs(s)
 			build := func(head *jen.Statement) *jen.Statement {
 				st := head.Dot("Numkeys").Call(jen.Lit(1)).Dot("Key").Call(keyRefs(s)...)
@@ -279,7 +283,8 @@ func renderScript(s *script) *jen.File {
 				jen.Id("clientTTL"))
 			g.If(jen.Id("isNoScript").Call(jen.Id("res").Dot("Error").Call())).Block(
 				jen.Id("res").Op("=").Id("c").Dot("DoCache").Call(jen.Id("ctx"),
-					build(jen.Id("c").Dot("B").Call().Dot("EvalRo").Call().Dot("Script").Call(jen.Id(exp+"Source"))),
+					build(jen.Id("c").Dot("B").Call().Dot("EvalRo").Call().
+						Dot("Script").Call(jen.Id(exp+"Source"))),
 					jen.Id("clientTTL")),
 			)
 			g.Return(jen.Id(parse).Call(jen.Id("res")))
@@ -305,7 +310,8 @@ func renderScript(s *script) *jen.File {
 				jen.Return(jen.Id("r"), jen.Id("replyErr").Call(name, jen.Err())),
 			)
 			g.If(jen.Len(jen.Id("vals")).Op("!=").Lit(len(s.Reply))).Block(
-				jen.Return(jen.Id("r"), jen.Id("lenErr").Call(name, jen.Len(jen.Id("vals")), jen.Lit(len(s.Reply)))),
+				jen.Return(jen.Id("r"),
+					jen.Id("lenErr").Call(name, jen.Len(jen.Id("vals")), jen.Lit(len(s.Reply)))),
 			)
 			for i := range s.Reply {
 				elem(g, s, i, jen.Op("&").Id("vals").Index(jen.Lit(i)), result)
@@ -325,11 +331,15 @@ func elem(g *jen.Group, s *script, i int, msg *jen.Statement, result string) {
 	}
 	if fd.Type == "string|nil" {
 		g.If(
-			jen.List(jen.Id("r").Dot(goExported(fd.Name)), jen.Id("r").Dot(goExported(fd.Present)), jen.Err()).
-				Op("=").Id("asNullString").Call(msg),
+			jen.List(
+				jen.Id("r").Dot(goExported(fd.Name)),
+				jen.Id("r").Dot(goExported(fd.Present)),
+				jen.Err(),
+			).Op("=").Id("asNullString").Call(msg),
 			jen.Err().Op("!=").Nil(),
 		).Block(
-			jen.Return(jen.Id(result).Values(), jen.Id("elemErr").Call(jen.Lit(s.Name), jen.Lit(i+1), jen.Err())),
+			jen.Return(jen.Id(result).Values(),
+				jen.Id("elemErr").Call(jen.Lit(s.Name), jen.Lit(i+1), jen.Err())),
 		)
 		return
 	}
@@ -337,7 +347,8 @@ func elem(g *jen.Group, s *script, i int, msg *jen.Statement, result string) {
 		jen.List(jen.Id("r").Dot(goExported(fd.Name)), jen.Err()).Op("=").Id(conv[fd.Type]).Call(msg),
 		jen.Err().Op("!=").Nil(),
 	).Block(
-		jen.Return(jen.Id(result).Values(), jen.Id("elemErr").Call(jen.Lit(s.Name), jen.Lit(i+1), jen.Err())),
+		jen.Return(jen.Id(result).Values(),
+			jen.Id("elemErr").Call(jen.Lit(s.Name), jen.Lit(i+1), jen.Err())),
 	)
 }
 
@@ -486,6 +497,7 @@ func renderIndex(scripts []*script, scriptsDir string) *jen.File {
 // helper is rendered that nothing calls.
 func addHelpers(f *jen.File, used map[string]bool) {
 	rm := func() *jen.Statement { return jen.Op("*").Qual(rueidisPath, "RedisMessage") }
+	recv := func() *jen.Statement { return jen.Id("e").Op("*").Id("unexpectedReplyError") }
 	f.Comment("// unexpectedReplyError reports a reply whose shape differs from the script's")
 	f.Comment("// header. It never wraps rueidis.Nil.")
 	f.Type().Id("unexpectedReplyError").Struct(
@@ -494,15 +506,16 @@ func addHelpers(f *jen.File, used map[string]bool) {
 		jen.Id("err").Error(),
 	)
 	f.Line()
-	f.Func().Params(jen.Id("e").Op("*").Id("unexpectedReplyError")).Id("Error").Params().String().Block(
-		jen.Id("msg").Op(":=").Lit("gen: ").Op("+").Id("e").Dot("script").Op("+").Lit(": unexpected reply: ").Op("+").Id("e").Dot("detail"),
+	f.Func().Params(recv()).Id("Error").Params().String().Block(
+		jen.Id("msg").Op(":=").Lit("gen: ").Op("+").Id("e").Dot("script").
+			Op("+").Lit(": unexpected reply: ").Op("+").Id("e").Dot("detail"),
 		jen.If(jen.Id("e").Dot("err").Op("!=").Nil()).Block(
 			jen.Id("msg").Op("+=").Lit(": ").Op("+").Id("e").Dot("err").Dot("Error").Call(),
 		),
 		jen.Return(jen.Id("msg")),
 	)
 	f.Line()
-	f.Func().Params(jen.Id("e").Op("*").Id("unexpectedReplyError")).Id("Unwrap").Params().Error().Block(
+	f.Func().Params(recv()).Id("Unwrap").Params().Error().Block(
 		jen.Return(jen.Id("e").Dot("err")),
 	)
 	f.Line()
@@ -519,7 +532,9 @@ func addHelpers(f *jen.File, used map[string]bool) {
 	f.Line()
 	if used["array"] {
 		f.Comment("// lenErr reports an array reply of the wrong length.")
-		f.Func().Id("lenErr").Params(jen.Id("script").String(), jen.List(jen.Id("got"), jen.Id("want")).Int()).Error().Block(
+		f.Func().Id("lenErr").Params(
+			jen.Id("script").String(), jen.List(jen.Id("got"), jen.Id("want")).Int(),
+		).Error().Block(
 			jen.Return(jen.Op("&").Id("unexpectedReplyError").Values(jen.Dict{
 				jen.Id("script"): jen.Id("script"),
 				jen.Id("detail"): jen.Lit("array of ").Op("+").Qual(strconvPath, "Itoa").Call(jen.Id("got")).
@@ -529,7 +544,9 @@ func addHelpers(f *jen.File, used map[string]bool) {
 		f.Line()
 	}
 	f.Comment("// elemErr reports reply element i (counted from 1) that could not be decoded.")
-	f.Func().Id("elemErr").Params(jen.Id("script").String(), jen.Id("i").Int(), jen.Err().Error()).Error().Block(
+	f.Func().Id("elemErr").Params(
+		jen.Id("script").String(), jen.Id("i").Int(), jen.Err().Error(),
+	).Error().Block(
 		jen.Id("e").Op(":=").Op("&").Id("unexpectedReplyError").Values(jen.Dict{
 			jen.Id("script"): jen.Id("script"),
 			jen.Id("detail"): jen.Lit("element ").Op("+").Qual(strconvPath, "Itoa").Call(jen.Id("i")),
@@ -571,9 +588,14 @@ func addHelpers(f *jen.File, used map[string]bool) {
 		f.Line()
 	}
 	if used["duration_ms"] {
-		f.Func().Id("asDurationMS").Params(jen.Id("m").Add(rm())).Params(jen.Qual(timePath, "Duration"), jen.Error()).Block(
+		f.Func().Id("asDurationMS").Params(jen.Id("m").Add(rm())).Params(
+			jen.Qual(timePath, "Duration"), jen.Error(),
+		).Block(
 			jen.List(jen.Id("n"), jen.Err()).Op(":=").Id("m").Dot("AsInt64").Call(),
-			jen.Return(jen.Qual(timePath, "Duration").Call(jen.Id("n")).Op("*").Qual(timePath, "Millisecond"), jen.Err()),
+			jen.Return(
+				jen.Qual(timePath, "Duration").Call(jen.Id("n")).Op("*").Qual(timePath, "Millisecond"),
+				jen.Err(),
+			),
 		)
 		f.Line()
 	}

@@ -13,7 +13,8 @@ import (
 	"github.com/google/go-cmp/cmp"
 )
 
-var update = flag.Bool("update", false, "rewrite testdata/golden/*.golden from the current generator")
+var update = flag.Bool("update", false,
+	"rewrite testdata/golden/*.golden from the current generator")
 
 // TestRender_golden renders each testdata/golden/NAME.lua and compares it
 // with NAME.go.golden; the index of all of them with scripts.go.golden.
@@ -86,29 +87,100 @@ func TestParse_badHeaders(t *testing.T) {
 	}{
 		{"empty file", "x", "", "scripts/x.lua:1: missing header field \"name\"" + missingHint},
 		{"no header", "x", "return 1\n", "scripts/x.lua:1: missing header field \"name\"" + missingHint},
-		{"missing reply", "x", "-- name: x\n-- keys: k\n-- argv:\nreturn 1", "scripts/x.lua:1: missing header field \"reply\"" + missingHint},
-		{"name differs from file", "x", strings.Replace(ok, "name: x", "name: y", 1), "scripts/x.lua:1: name \"y\": want \"x\", the file's base name"},
-		{"bad file name", "X-y", ok, "scripts/X-y.lua:1: file name \"X-y.lua\": want lower_snake_case ending in .lua"},
-		{"reserved name", "scripts", strings.Replace(ok, "name: x", "name: scripts", 1), "scripts/scripts.lua:1: script name \"scripts\" is reserved for the generated index"},
-		{"protocol name", "protocol", strings.Replace(ok, "name: x", "name: protocol", 1), "scripts/protocol.lua:1: script name \"protocol\" is reserved for the library's klauthed_protocol function"},
-		{"no colon", "x", "-- name: x\n-- keys k\n", "scripts/x.lua:2: malformed header line \"-- keys k\": want \"-- field: value\""},
-		{"no space after dashes", "x", "-- name: x\n--keys: k\n", "scripts/x.lua:2: malformed header line \"--keys: k\": want \"-- field: value\""},
-		{"unknown field", "x", ok + "-- returns: 1\n", "scripts/x.lua:5: unknown header field \"returns\" (want name, keys, argv, reply, readonly, error)"},
-		{"duplicate field", "x", ok + "-- keys: j\n", "scripts/x.lua:5: duplicate header field \"keys\" (first on line 2)"},
-		{"no keys", "x", strings.Replace(ok, "keys: k", "keys:", 1), "scripts/x.lua:2: keys: want at least one key name"},
-		{"bad key name", "x", strings.Replace(ok, "keys: k", "keys: k, Lock", 1), "scripts/x.lua:2: keys: bad key name \"Lock\": want lower_snake_case"},
-		{"argv without type", "x", strings.Replace(ok, "argv: t string", "argv: t", 1), "scripts/x.lua:3: argv: bad item \"t\": want \"name type\""},
-		{"argv unknown type", "x", strings.Replace(ok, "argv: t string", "argv: t float", 1), "scripts/x.lua:3: argv: t: unknown type \"float\" (want string, int64 or duration_ms)"},
-		{"reply empty", "x", strings.Replace(ok, "reply: r bool", "reply:", 1), "scripts/x.lua:4: reply: want at least one element"},
-		{"reply unknown type", "x", strings.Replace(ok, "reply: r bool", "reply: r map", 1), "scripts/x.lua:4: reply: r: unknown type \"map\" (want bool, int64, uint64, duration_ms, string or string|nil)"},
-		{"nullable without flag", "x", strings.Replace(ok, "reply: r bool", "reply: r string|nil", 1), "scripts/x.lua:4: reply: r: string|nil needs a \"(flag)\" naming the bool set when it is not nil"},
-		{"flag on non-nullable", "x", strings.Replace(ok, "reply: r bool", "reply: r bool (set)", 1), "scripts/x.lua:4: reply: bad item \"r bool (set)\": only string|nil takes a \"(flag)\" naming its presence bool"},
-		{"duplicate reply field", "x", strings.Replace(ok, "reply: r bool", "reply: r string|nil (r)", 1), "scripts/x.lua:4: reply: duplicate field name \"r\""},
-		{"readonly not bool", "x", ok + "-- readonly: yes\n", "scripts/x.lua:5: readonly \"yes\": want true or false"},
+		{
+			"missing reply", "x", "-- name: x\n-- keys: k\n-- argv:\nreturn 1",
+			"scripts/x.lua:1: missing header field \"reply\"" + missingHint,
+		},
+		{
+			"name differs from file", "x", strings.Replace(ok, "name: x", "name: y", 1),
+			"scripts/x.lua:1: name \"y\": want \"x\", the file's base name",
+		},
+		{
+			"bad file name", "X-y", ok,
+			"scripts/X-y.lua:1: file name \"X-y.lua\": want lower_snake_case ending in .lua",
+		},
+		{
+			"reserved name", "scripts", strings.Replace(ok, "name: x", "name: scripts", 1),
+			"scripts/scripts.lua:1: script name \"scripts\" is reserved for the generated index",
+		},
+		{
+			"protocol name", "protocol", strings.Replace(ok, "name: x", "name: protocol", 1),
+			"scripts/protocol.lua:1: script name \"protocol\" is reserved " +
+				"for the library's klauthed_protocol function",
+		},
+		{
+			"no colon", "x", "-- name: x\n-- keys k\n",
+			"scripts/x.lua:2: malformed header line \"-- keys k\": want \"-- field: value\"",
+		},
+		{
+			"no space after dashes", "x", "-- name: x\n--keys: k\n",
+			"scripts/x.lua:2: malformed header line \"--keys: k\": want \"-- field: value\"",
+		},
+		{
+			"unknown field", "x", ok + "-- returns: 1\n",
+			"scripts/x.lua:5: unknown header field \"returns\" " +
+				"(want name, keys, argv, reply, readonly, error)",
+		},
+		{
+			"duplicate field", "x", ok + "-- keys: j\n",
+			"scripts/x.lua:5: duplicate header field \"keys\" (first on line 2)",
+		},
+		{
+			"no keys", "x", strings.Replace(ok, "keys: k", "keys:", 1),
+			"scripts/x.lua:2: keys: want at least one key name",
+		},
+		{
+			"bad key name", "x", strings.Replace(ok, "keys: k", "keys: k, Lock", 1),
+			"scripts/x.lua:2: keys: bad key name \"Lock\": want lower_snake_case",
+		},
+		{
+			"argv without type", "x", strings.Replace(ok, "argv: t string", "argv: t", 1),
+			"scripts/x.lua:3: argv: bad item \"t\": want \"name type\"",
+		},
+		{
+			"argv unknown type", "x", strings.Replace(ok, "argv: t string", "argv: t float", 1),
+			"scripts/x.lua:3: argv: t: unknown type \"float\" (want string, int64 or duration_ms)",
+		},
+		{
+			"reply empty", "x", strings.Replace(ok, "reply: r bool", "reply:", 1),
+			"scripts/x.lua:4: reply: want at least one element",
+		},
+		{
+			"reply unknown type", "x", strings.Replace(ok, "reply: r bool", "reply: r map", 1),
+			"scripts/x.lua:4: reply: r: unknown type \"map\" " +
+				"(want bool, int64, uint64, duration_ms, string or string|nil)",
+		},
+		{
+			"nullable without flag", "x", strings.Replace(ok, "reply: r bool", "reply: r string|nil", 1),
+			"scripts/x.lua:4: reply: r: string|nil needs a \"(flag)\" " +
+				"naming the bool set when it is not nil",
+		},
+		{
+			"flag on non-nullable", "x", strings.Replace(ok, "reply: r bool", "reply: r bool (set)", 1),
+			"scripts/x.lua:4: reply: bad item \"r bool (set)\": " +
+				"only string|nil takes a \"(flag)\" naming its presence bool",
+		},
+		{
+			"duplicate reply field", "x", strings.Replace(ok, "reply: r bool", "reply: r string|nil (r)", 1),
+			"scripts/x.lua:4: reply: duplicate field name \"r\"",
+		},
+		{
+			"readonly not bool", "x", ok + "-- readonly: yes\n",
+			"scripts/x.lua:5: readonly \"yes\": want true or false",
+		},
 		{"empty error", "x", ok + "-- error:\n", "scripts/x.lua:5: empty error line"},
-		{"reserved param", "x", strings.Replace(ok, "argv: t string", "argv: ctx string", 1), "scripts/x.lua:4: key or argv name \"ctx\" is reserved in the generated Go code"},
-		{"keyword param", "x", strings.Replace(ok, "keys: k", "keys: type", 1), "scripts/x.lua:4: key or argv name \"type\" is reserved in the generated Go code"},
-		{"key and arg collide", "x", strings.Replace(ok, "argv: t string", "argv: k string", 1), "scripts/x.lua:4: keys and argv names must be distinct"},
+		{
+			"reserved param", "x", strings.Replace(ok, "argv: t string", "argv: ctx string", 1),
+			"scripts/x.lua:4: key or argv name \"ctx\" is reserved in the generated Go code",
+		},
+		{
+			"keyword param", "x", strings.Replace(ok, "keys: k", "keys: type", 1),
+			"scripts/x.lua:4: key or argv name \"type\" is reserved in the generated Go code",
+		},
+		{
+			"key and arg collide", "x", strings.Replace(ok, "argv: t string", "argv: k string", 1),
+			"scripts/x.lua:4: keys and argv names must be distinct",
+		},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -137,9 +209,12 @@ func TestParse_fieldsAndDoc(t *testing.T) {
 	}
 	want := &script{
 		Path: "scripts/x.lua", Name: "x",
-		Keys:     []string{"lock_key", "fence_key"},
-		Argv:     []arg{{"token", "string"}, {"ttl", "duration_ms"}},
-		Reply:    []field{{Name: "token", Type: "string|nil", Present: "held"}, {Name: "ttl", Type: "duration_ms"}},
+		Keys: []string{"lock_key", "fence_key"},
+		Argv: []arg{{"token", "string"}, {"ttl", "duration_ms"}},
+		Reply: []field{
+			{Name: "token", Type: "string|nil", Present: "held"},
+			{Name: "ttl", Type: "duration_ms"},
+		},
 		ReadOnly: true,
 		Errors:   []string{"ERR one", "ERR two"},
 		Doc:      []string{"Prose line.", "", "  indented"},
@@ -221,7 +296,8 @@ func TestRun_writesOutputRemovesStaleKeepsHandWritten(t *testing.T) {
 		t.Fatal(err)
 	}
 	writeFile(t, filepath.Join(scripts, "peek.lua"), string(src))
-	writeFile(t, filepath.Join(out, "old.go"), generatedPrefix+"from scripts/old.lua. DO NOT EDIT.\n\npackage gen\n")
+	writeFile(t, filepath.Join(out, "old.go"),
+		generatedPrefix+"from scripts/old.lua. DO NOT EDIT.\n\npackage gen\n")
 	writeFile(t, filepath.Join(out, "hand.go"), "package gen\n")
 	writeFile(t, filepath.Join(out, "peek_test.go"), generatedPrefix+"\npackage gen\n")
 
@@ -236,20 +312,24 @@ func TestRun_writesOutputRemovesStaleKeepsHandWritten(t *testing.T) {
 	for _, e := range entries {
 		names = append(names, e.Name())
 	}
-	if diff := cmp.Diff([]string{"hand.go", "peek.go", "peek_test.go", "scripts.go"}, names); diff != "" {
+	wantFiles := []string{"hand.go", "peek.go", "peek_test.go", "scripts.go"}
+	if diff := cmp.Diff(wantFiles, names); diff != "" {
 		t.Fatalf("files in -out (-want +got):\n%s", diff)
 	}
 	peek, err := os.ReadFile(filepath.Join(out, "peek.go"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.HasPrefix(string(peek), "// Code generated by scriptgen from "+filepath.ToSlash(scripts)+"/peek.lua. DO NOT EDIT.\n") {
+	header := "// Code generated by scriptgen from " + filepath.ToSlash(scripts) +
+		"/peek.lua. DO NOT EDIT.\n"
+	if !strings.HasPrefix(string(peek), header) {
 		t.Fatalf("peek.go header: %q", strings.SplitN(string(peek), "\n", 2)[0])
 	}
 
 	// A malformed script stops the run before anything is written.
 	writeFile(t, filepath.Join(scripts, "bad.lua"), "-- name: bad\n-- keys k\n")
-	writeFile(t, filepath.Join(scripts, "peek.lua"), strings.Replace(string(src), "hits int64", "hits uint64", 1))
+	writeFile(t, filepath.Join(scripts, "peek.lua"),
+		strings.Replace(string(src), "hits int64", "hits uint64", 1))
 	err = run([]string{"-scripts", scripts, "-out", out}, os.Stderr)
 	want := filepath.ToSlash(scripts) + "/bad.lua:2: malformed header line"
 	if err == nil || !strings.HasPrefix(err.Error(), want) {
@@ -266,10 +346,12 @@ func TestRun_badFlags(t *testing.T) {
 	if err := run([]string{"-nope"}, &stderr); err == nil {
 		t.Fatal("run(-nope) succeeded")
 	}
-	if err := run([]string{"extra"}, &stderr); err == nil || !strings.Contains(err.Error(), "unexpected arguments") {
+	if err := run([]string{"extra"}, &stderr); err == nil ||
+		!strings.Contains(err.Error(), "unexpected arguments") {
 		t.Fatalf("run(extra) = %v", err)
 	}
-	if err := run([]string{"-scripts", t.TempDir(), "-out", t.TempDir()}, &stderr); err == nil || !strings.Contains(err.Error(), "no *.lua files") {
+	if err := run([]string{"-scripts", t.TempDir(), "-out", t.TempDir()}, &stderr); err == nil ||
+		!strings.Contains(err.Error(), "no *.lua files") {
 		t.Fatalf("run on an empty dir = %v", err)
 	}
 }

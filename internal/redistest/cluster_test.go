@@ -21,7 +21,10 @@ func TestStartCluster_formsAndServesKeysAcrossSlots(t *testing.T) {
 			t.Errorf("node %s has no room for its cluster bus port", s.Addr)
 		}
 		info := s.Cli(t, "CLUSTER", "INFO")
-		for _, want := range []string{"cluster_state:ok", "cluster_slots_ok:16384", "cluster_known_nodes:3", "cluster_size:3"} {
+		for _, want := range []string{
+			"cluster_state:ok", "cluster_slots_ok:16384",
+			"cluster_known_nodes:3", "cluster_size:3",
+		} {
 			if !strings.Contains(info, want) {
 				t.Errorf("node %s CLUSTER INFO lacks %q:\n%s", s.Addr, want, info)
 			}

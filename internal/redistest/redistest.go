@@ -56,7 +56,8 @@ const (
 )
 
 // installHint is appended to every "binary not found" error.
-const installHint = "install it with `apt-get install redis-server` (tests need a real Redis; they are not skipped)"
+const installHint = "install it with `apt-get install redis-server` " +
+	"(tests need a real Redis; they are not skipped)"
 
 // Server is one redis-server process listening on Addr. It is created by
 // Start or StartServer and must not be copied. Its methods are safe for

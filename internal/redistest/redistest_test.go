@@ -221,7 +221,8 @@ func TestStart_failsWithoutRedisServer(t *testing.T) {
 	if !strings.Contains(msg, "apt-get install redis-server") {
 		t.Fatalf("Fatalf message %q does not say how to install redis-server", msg)
 	}
-	if _, err := StartServer(); err == nil || !strings.Contains(err.Error(), "redis-server not found") {
+	_, err := StartServer()
+	if err == nil || !strings.Contains(err.Error(), "redis-server not found") {
 		t.Fatalf("StartServer error = %v, want redis-server not found", err)
 	}
 }
