@@ -27,7 +27,11 @@ type managerBackend struct {
 	close func() error
 }
 
-func (b managerBackend) TryAcquire(ctx context.Context, key string, ttl time.Duration) (Held, bool, error) {
+func (b managerBackend) TryAcquire(
+	ctx context.Context,
+	key string,
+	ttl time.Duration,
+) (Held, bool, error) {
 	l, ok, err := b.m.TryAcquire(ctx, key, ttl)
 	if !ok || err != nil {
 		return nil, ok, err

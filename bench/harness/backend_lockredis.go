@@ -5,7 +5,8 @@ import "github.com/klauthed/lock/lockredis"
 func init() {
 	register(BackendInfo{
 		Name: "lockredis",
-		Note: "this project's lockredis, lockredis.New with defaults and the target's rueidis.ClientOption " +
+		Note: "this project's lockredis, lockredis.New with defaults" +
+			" and the target's rueidis.ClientOption " +
 			"(client-side caching on, so waiters wake on invalidations; DisableCache only on miniredis)",
 		NeedsRedis: true,
 		New: func(cfg Config) (Backend, error) {

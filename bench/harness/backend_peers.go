@@ -78,7 +78,11 @@ func redsyncTaken(err error) bool {
 	return errors.Is(err, redsync.ErrFailed) || errors.As(err, &taken)
 }
 
-func (b *redsyncBackend) TryAcquire(ctx context.Context, key string, ttl time.Duration) (Held, bool, error) {
+func (b *redsyncBackend) TryAcquire(
+	ctx context.Context,
+	key string,
+	ttl time.Duration,
+) (Held, bool, error) {
 	m := b.rs.NewMutex(key, redsync.WithExpiry(ttl))
 	err := m.TryLockContext(ctx)
 	if err == nil {
@@ -126,7 +130,11 @@ func newRedislock(cfg Config) (Backend, error) {
 	return &redislockBackend{client: client, locker: redislock.New(client)}, nil
 }
 
-func (b *redislockBackend) TryAcquire(ctx context.Context, key string, ttl time.Duration) (Held, bool, error) {
+func (b *redislockBackend) TryAcquire(
+	ctx context.Context,
+	key string,
+	ttl time.Duration,
+) (Held, bool, error) {
 	l, err := b.locker.Obtain(ctx, key, ttl, nil) // nil options: one attempt
 	if err == nil {
 		return l, true, nil
@@ -137,7 +145,11 @@ func (b *redislockBackend) TryAcquire(ctx context.Context, key string, ttl time.
 	return nil, false, err
 }
 
-func (b *redislockBackend) Acquire(ctx context.Context, key string, ttl time.Duration) (Held, error) {
+func (b *redislockBackend) Acquire(
+	ctx context.Context,
+	key string,
+	ttl time.Duration,
+) (Held, error) {
 	for {
 		l, err := b.locker.Obtain(ctx, key, ttl, &redislock.Options{
 			RetryStrategy: redislock.ExponentialBackoff(redislockMinBackoff, redislockMaxBackoff),
@@ -189,7 +201,11 @@ func (h cancelHeld) Release(context.Context) error { h(); return nil }
 // rueidislock's lease time is KeyValidity, fixed per Locker; the ttl
 // arguments below are the same value (Config.TTL).
 
-func (b *rueidislockBackend) TryAcquire(ctx context.Context, key string, _ time.Duration) (Held, bool, error) {
+func (b *rueidislockBackend) TryAcquire(
+	ctx context.Context,
+	key string,
+	_ time.Duration,
+) (Held, bool, error) {
 	_, cancel, err := b.locker.TryWithContext(ctx, key)
 	if err == nil {
 		return cancelHeld(cancel), true, nil
@@ -200,7 +216,11 @@ func (b *rueidislockBackend) TryAcquire(ctx context.Context, key string, _ time.
 	return nil, false, err
 }
 
-func (b *rueidislockBackend) Acquire(ctx context.Context, key string, _ time.Duration) (Held, error) {
+func (b *rueidislockBackend) Acquire(
+	ctx context.Context,
+	key string,
+	_ time.Duration,
+) (Held, error) {
 	_, cancel, err := b.locker.WithContext(ctx, key)
 	if err != nil {
 		return nil, err

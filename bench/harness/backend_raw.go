@@ -27,7 +27,8 @@ func init() {
 
 // rawRelease is the compare-and-delete every Redis lock uses: delete the key
 // only if it still holds our token.
-var rawRelease = rueidis.NewLuaScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end return 0`)
+var rawRelease = rueidis.NewLuaScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then ` +
+	`return redis.call("DEL", KEYS[1]) end return 0`)
 
 // raw is the floor: the least any correct single-Redis lock must do, one
 // SET NX PX to take the key and one EVALSHA to give it back, on a rueidis
@@ -55,7 +56,8 @@ type rawHeld struct {
 
 func (r *raw) TryAcquire(ctx context.Context, key string, ttl time.Duration) (Held, bool, error) {
 	tok := string(lock.NewToken())
-	err := r.c.Do(ctx, r.c.B().Set().Key(key).Value(tok).Nx().PxMilliseconds(ttl.Milliseconds()).Build()).Error()
+	err := r.c.Do(ctx,
+		r.c.B().Set().Key(key).Value(tok).Nx().PxMilliseconds(ttl.Milliseconds()).Build()).Error()
 	if rueidis.IsRedisNil(err) {
 		return nil, false, nil
 	}

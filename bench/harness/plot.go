@@ -30,7 +30,15 @@ func (r *Report) WritePlot(path string) error {
 	const w, h = 28 * vg.Centimeter, 12 * vg.Centimeter
 	img := vgimg.New(w, h)
 	dc := draw.New(img)
-	tiles := draw.Tiles{Rows: 1, Cols: 2, PadX: vg.Centimeter, PadTop: vg.Millimeter * 3, PadBottom: vg.Millimeter * 3, PadLeft: vg.Millimeter * 3, PadRight: vg.Millimeter * 3}
+	tiles := draw.Tiles{
+		Rows:      1,
+		Cols:      2,
+		PadX:      vg.Centimeter,
+		PadTop:    vg.Millimeter * 3,
+		PadBottom: vg.Millimeter * 3,
+		PadLeft:   vg.Millimeter * 3,
+		PadRight:  vg.Millimeter * 3,
+	}
 	plots := [][]*plot.Plot{{left, right}}
 	canvases := plot.Align(plots, tiles, dc)
 	left.Draw(canvases[0][0])
@@ -59,7 +67,10 @@ var plotQuantiles = []struct {
 // minPlotMicros keeps zero gaps (early hand-offs) on a log axis.
 const minPlotMicros = 0.1
 
-func (r *Report) percentilePlot(scenario, title string, get func(*Result) *Percentiles) (*plot.Plot, error) {
+func (r *Report) percentilePlot(
+	scenario, title string,
+	get func(*Result) *Percentiles,
+) (*plot.Plot, error) {
 	p := plot.New()
 	p.Title.Text = title
 	p.Y.Label.Text = "µs (log scale)"

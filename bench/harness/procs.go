@@ -295,8 +295,17 @@ func (c *child) failure(i int) error {
 // returns.
 func RunProcs(ctx context.Context, b BackendInfo, o Options) (Result, error) {
 	n := o.Waiters
-	res := Result{Backend: b.Name, Scenario: ContendedProcs, Goroutines: n, Hold: o.Hold,
-		HandoffFrom: HandoffReleaseCalled, ReqPerOp: -1, SrvCallsPerOp: -1, AllocsPerOp: -1, BytesPerOp: -1}
+	res := Result{
+		Backend:       b.Name,
+		Scenario:      ContendedProcs,
+		Goroutines:    n,
+		Hold:          o.Hold,
+		HandoffFrom:   HandoffReleaseCalled,
+		ReqPerOp:      -1,
+		SrvCallsPerOp: -1,
+		AllocsPerOp:   -1,
+		BytesPerOp:    -1,
+	}
 	if o.Target == nil {
 		return res, errors.New("contended-procs needs a Redis target")
 	}
@@ -341,7 +350,12 @@ func RunProcs(ctx context.Context, b BackendInfo, o Options) (Result, error) {
 		}
 	}()
 	for i := range n {
-		c := &child{stderr: &tailBuffer{max: 4096}, ready: make(chan struct{}), reported: make(chan struct{}), done: make(chan struct{})}
+		c := &child{
+			stderr:   &tailBuffer{max: 4096},
+			ready:    make(chan struct{}),
+			reported: make(chan struct{}),
+			done:     make(chan struct{}),
+		}
 		c.cmd = exec.CommandContext(ctx, exe)
 		c.cmd.Env = append(os.Environ(), ChildEnv+"=1")
 		c.cmd.Stderr = c.stderr

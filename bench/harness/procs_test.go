@@ -43,12 +43,14 @@ func TestMergeAcquisitions_ordersByAcquireAndCountsInWindow(t *testing.T) {
 	var res Result
 	mergeAcquisitions(&res, perWaiter, 120, 200)
 	if res.Ops != 2 || res.Counts[0] != 1 || res.Counts[1] != 1 {
-		t.Fatalf("ops %d counts %v, want 2 and [1 1]: only acquisitions returned in [120,200) count", res.Ops, res.Counts)
+		t.Fatalf("ops %d counts %v, want 2 and [1 1]: only acquisitions returned in [120,200) count",
+			res.Ops, res.Counts)
 	}
 	// Hand-offs into the window: 110->130 (20ns) and 150->155 (5ns); the
 	// one into 200 is past the window.
 	if res.Handoff.N != 2 || res.Handoff.Max != 20 || res.Early != 0 {
-		t.Errorf("hand-offs n %d max %v early %d, want 2, 20ns, 0", res.Handoff.N, res.Handoff.Max, res.Early)
+		t.Errorf("hand-offs n %d max %v early %d, want 2, 20ns, 0",
+			res.Handoff.N, res.Handoff.Max, res.Early)
 	}
 	if res.Latency.N != 2 || res.Latency.Max != 20 {
 		t.Errorf("waits n %d max %v, want 2 and 20ns", res.Latency.N, res.Latency.Max)
@@ -168,7 +170,8 @@ func TestRunChild_reportsAcquisitionsThenWaitsForStdinEOF(t *testing.T) {
 	}
 	select {
 	case err := <-c.errc:
-		t.Fatalf("RunChild returned (%v) before its stdin closed: the parent reads the server's counters first", err)
+		t.Fatalf("RunChild returned (%v) before its stdin closed:"+
+			" the parent reads the server's counters first", err)
 	case <-time.After(50 * time.Millisecond):
 	}
 	c.in.Close()
@@ -188,7 +191,8 @@ func checkContendedRow(t *testing.T, res Result, n int) {
 			t.Errorf("%s %s: waiter %d never acquired (counts %v)", res.Scenario, res.Backend, i, res.Counts)
 		}
 	}
-	if res.Handoff == nil || res.Handoff.N == 0 || res.HandoffFrom != HandoffReleaseCalled || res.Early != 0 {
+	if res.Handoff == nil || res.Handoff.N == 0 ||
+		res.HandoffFrom != HandoffReleaseCalled || res.Early != 0 {
 		t.Errorf("%s %s: hand-offs %+v from %q early %d, want some, from the Release call, none early",
 			res.Scenario, res.Backend, res.Handoff, res.HandoffFrom, res.Early)
 	}
@@ -196,7 +200,8 @@ func checkContendedRow(t *testing.T, res Result, n int) {
 		t.Errorf("%s %s: %d errors, first %s", res.Scenario, res.Backend, res.Errors, res.FirstErr)
 	}
 	if res.ReqPerOp < 1 || res.Latency.N != res.Ops {
-		t.Errorf("%s %s: req/acq %v, latency n %d for %d ops", res.Scenario, res.Backend, res.ReqPerOp, res.Latency.N, res.Ops)
+		t.Errorf("%s %s: req/acq %v, latency n %d for %d ops",
+			res.Scenario, res.Backend, res.ReqPerOp, res.Latency.N, res.Ops)
 	}
 }
 
@@ -206,8 +211,14 @@ func TestRunProcs_oneProcessPerWaiter(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	o := Options{Target: target, Waiters: 3, Hold: 100 * time.Microsecond, Duration: 300 * time.Millisecond,
-		Warmup: 30 * time.Millisecond, KeyPrefix: "TestRunProcs_oneProcessPerWaiter"}
+	o := Options{
+		Target:    target,
+		Waiters:   3,
+		Hold:      100 * time.Microsecond,
+		Duration:  300 * time.Millisecond,
+		Warmup:    30 * time.Millisecond,
+		KeyPrefix: "TestRunProcs_oneProcessPerWaiter",
+	}
 	for _, name := range []string{"raw", "lockredis"} {
 		b, _ := Lookup(name)
 		res, err := Run(context.Background(), b, ContendedProcs, o)
@@ -230,7 +241,8 @@ func TestRunProcs_reportsAWaiterThatCannotStart(t *testing.T) {
 	mr.Close()
 	b, _ := Lookup("raw")
 	start := time.Now()
-	_, err := RunProcs(context.Background(), b, Options{Target: target, Waiters: 2, Duration: 100 * time.Millisecond})
+	_, err := RunProcs(context.Background(), b,
+		Options{Target: target, Waiters: 2, Duration: 100 * time.Millisecond})
 	t.Logf("RunProcs: %v", err)
 	if err == nil || !strings.Contains(err.Error(), "waiter process") {
 		t.Errorf("RunProcs = %v, want the failing waiter's error", err)
@@ -250,18 +262,26 @@ var (
 )
 
 func init() {
-	register(BackendInfo{Name: "test-shared-mem", NeedsRedis: true, New: func(Config) (Backend, error) {
-		sharedMemOnce.Do(func() { sharedMemMgr = lockmem.New(lockmem.Options{}) })
-		sharedMemNews.Add(1)
-		return managerBackend{m: sharedMemMgr, close: func() error { return nil }}, nil
-	}})
+	register(BackendInfo{
+		Name:       "test-shared-mem",
+		NeedsRedis: true,
+		New: func(Config) (Backend, error) {
+			sharedMemOnce.Do(func() { sharedMemMgr = lockmem.New(lockmem.Options{}) })
+			sharedMemNews.Add(1)
+			return managerBackend{m: sharedMemMgr, close: func() error { return nil }}, nil
+		},
+	})
 }
 
 func TestRun_contendedClientsSetsUpABackendPerWaiter(t *testing.T) {
 	b, _ := Lookup("test-shared-mem")
 	before := sharedMemNews.Load()
-	res, err := Run(context.Background(), b, ContendedClients, Options{Waiters: 5, Hold: 50 * time.Microsecond,
-		Duration: 100 * time.Millisecond, KeyPrefix: "TestRun_contendedClientsSetsUpABackendPerWaiter"})
+	res, err := Run(context.Background(), b, ContendedClients, Options{
+		Waiters:   5,
+		Hold:      50 * time.Microsecond,
+		Duration:  100 * time.Millisecond,
+		KeyPrefix: "TestRun_contendedClientsSetsUpABackendPerWaiter",
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -271,8 +291,11 @@ func TestRun_contendedClientsSetsUpABackendPerWaiter(t *testing.T) {
 	checkContendedRowNoRequests(t, res, 5)
 
 	before = sharedMemNews.Load()
-	if _, err := Run(context.Background(), b, Contended, Options{Waiters: 5, Duration: 50 * time.Millisecond,
-		KeyPrefix: "TestRun_contendedClientsSetsUpABackendPerWaiter"}); err != nil {
+	if _, err := Run(context.Background(), b, Contended, Options{
+		Waiters:   5,
+		Duration:  50 * time.Millisecond,
+		KeyPrefix: "TestRun_contendedClientsSetsUpABackendPerWaiter",
+	}); err != nil {
 		t.Fatal(err)
 	}
 	if n := sharedMemNews.Load() - before; n != 1 {
@@ -280,7 +303,8 @@ func TestRun_contendedClientsSetsUpABackendPerWaiter(t *testing.T) {
 	}
 
 	mem, _ := Lookup("lockmem")
-	if _, err := Run(context.Background(), mem, ContendedClients, Options{Waiters: 2, Duration: time.Millisecond}); err == nil {
+	if _, err := Run(context.Background(), mem, ContendedClients,
+		Options{Waiters: 2, Duration: time.Millisecond}); err == nil {
 		t.Error("lockmem ran contended-clients: separate in-process managers never contend")
 	}
 }

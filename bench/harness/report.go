@@ -34,7 +34,13 @@ type Report struct {
 
 // NewReport fills a Report's setting from the run.
 func NewReport(t *Target, rtt time.Duration, o Options) *Report {
-	r := &Report{RTT: rtt, GOMAXPROCS: runtime.GOMAXPROCS(0), GoVersion: runtime.Version(), Duration: o.Duration, TTL: o.TTL}
+	r := &Report{
+		RTT:        rtt,
+		GOMAXPROCS: runtime.GOMAXPROCS(0),
+		GoVersion:  runtime.Version(),
+		Duration:   o.Duration,
+		TTL:        o.TTL,
+	}
 	if t != nil {
 		r.Target, r.TargetKind, r.Version = t.String(), t.Kind, t.Version
 	}
@@ -173,20 +179,26 @@ func (r *Report) Evaluate() {
 
 // evaluatePerWaiter adds issue 11's targets for lockredis with a client (or
 // a process) per waiter, at one waiter count.
-func (r *Report) evaluatePerWaiter(sc string, n int, add func(name string, ok, known bool, detail string)) {
+func (r *Report) evaluatePerWaiter(
+	sc string,
+	n int,
+	add func(name string, ok, known bool, detail string),
+) {
 	name := func(t string) string { return fmt.Sprintf("%s %d: %s", sc, n, t) }
 	l := r.findN(sc, n, "lockredis")
 	if l == nil {
 		add(name("lockredis"), false, false, "lockredis not run")
 		return
 	}
-	const reqT, gapT, jainT = "requests per acquisition <= 3", "hand-off p50 <= 1.5 x round trip", "Jain's index >= 0.95"
+	const reqT, gapT, jainT = "requests per acquisition <= 3",
+		"hand-off p50 <= 1.5 x round trip", "Jain's index >= 0.95"
 	if l.ReqPerOp >= 0 {
 		srv := "srv-calls/acq not measured"
 		if l.SrvCallsPerOp >= 0 {
 			srv = fmt.Sprintf("srv-calls/acq %.2f", l.SrvCallsPerOp)
 		}
-		add(name(reqT), l.ReqPerOp <= 3, true, fmt.Sprintf("req/acq %.2f (%s); %s", l.ReqPerOp, fmtBreakdown(l.ReqByCmd), srv))
+		add(name(reqT), l.ReqPerOp <= 3, true,
+			fmt.Sprintf("req/acq %.2f (%s); %s", l.ReqPerOp, fmtBreakdown(l.ReqByCmd), srv))
 	} else {
 		add(name(reqT), false, false, "not measured")
 	}
@@ -217,8 +229,10 @@ func (r *Report) evaluatePerWaiter(sc string, n int, add func(name string, ok, k
 	}
 	const peerT = "acq/s ahead of every peer"
 	if best != nil {
-		add(name(peerT), l.OpsPerSec > best.OpsPerSec, true, fmt.Sprintf("lockredis %.0f vs best peer %s %.0f = %.2f x (%s)",
-			l.OpsPerSec, best.Backend, best.OpsPerSec, l.OpsPerSec/best.OpsPerSec, strings.Join(others, ", ")))
+		add(name(peerT), l.OpsPerSec > best.OpsPerSec, true,
+			fmt.Sprintf("lockredis %.0f vs best peer %s %.0f = %.2f x (%s)",
+				l.OpsPerSec, best.Backend, best.OpsPerSec, l.OpsPerSec/best.OpsPerSec,
+				strings.Join(others, ", ")))
 	} else {
 		add(name(peerT), false, false, "no peer run")
 	}
@@ -237,7 +251,8 @@ func fmtBreakdown(m map[string]float64) string {
 	}
 	// largest first, then by name
 	for i := 1; i < len(kvs); i++ {
-		for j := i; j > 0 && (kvs[j].v > kvs[j-1].v || kvs[j].v == kvs[j-1].v && kvs[j].k < kvs[j-1].k); j-- {
+		for j := i; j > 0 && (kvs[j].v > kvs[j-1].v ||
+			kvs[j].v == kvs[j-1].v && kvs[j].k < kvs[j-1].k); j-- {
 			kvs[j], kvs[j-1] = kvs[j-1], kvs[j]
 		}
 	}
@@ -300,10 +315,12 @@ func (r *Report) WriteTable(w io.Writer) error {
 	if r.Version != "" {
 		fmt.Fprintf(w, ", redis_version %s", r.Version)
 	}
-	fmt.Fprintf(w, "), %s, GOMAXPROCS %d, %s per backend per scenario", r.GoVersion, r.GOMAXPROCS, r.Duration)
+	fmt.Fprintf(w, "), %s, GOMAXPROCS %d, %s per backend per scenario",
+		r.GoVersion, r.GOMAXPROCS, r.Duration)
 	spreadHead, spread := "", func(Result) string { return "" }
 	if r.Rounds > 1 {
-		fmt.Fprintf(w, " per round, %d rounds with backends taking turns (medians shown; req and srv-calls pooled over rounds)", r.Rounds)
+		fmt.Fprintf(w, " per round, %d rounds with backends taking turns"+
+			" (medians shown; req and srv-calls pooled over rounds)", r.Rounds)
 		spreadHead = "min-max\t"
 		spread = func(x Result) string {
 			lo, hi := minMax(x.RoundOpsPerSec)
@@ -322,33 +339,48 @@ func (r *Report) WriteTable(w io.Writer) error {
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 		switch sc {
 		case Uncontended:
-			fmt.Fprintf(w, "uncontended: %d goroutines, each on its own keys; latency of one Acquire+Release\n", rows[0].Goroutines)
-			fmt.Fprintf(tw, "backend\tpairs/s\t%sp50\tp90\tp99\tp99.9\treq/pair\tsrv-calls/pair\tallocs/pair\tB/pair\terrors\t\n", spreadHead)
+			fmt.Fprintf(w, "uncontended: %d goroutines, each on its own keys;"+
+				" latency of one Acquire+Release\n", rows[0].Goroutines)
+			fmt.Fprintf(tw, "backend\tpairs/s\t%sp50\tp90\tp99\tp99.9\t"+
+				"req/pair\tsrv-calls/pair\tallocs/pair\tB/pair\terrors\t\n", spreadHead)
 			for _, x := range rows {
-				fmt.Fprintf(tw, "%s\t%.0f\t%s%s\t%s\t%s\t%s\t%s\t%s\t%.1f\t%.0f\t%d\t\n", x.Backend, x.OpsPerSec, spread(x),
-					fmtDur(x.Latency.P50), fmtDur(x.Latency.P90), fmtDur(x.Latency.P99), fmtDur(x.Latency.P999),
+				fmt.Fprintf(tw, "%s\t%.0f\t%s%s\t%s\t%s\t%s\t"+
+					"%s\t%s\t%.1f\t%.0f\t%d\t\n",
+					x.Backend, x.OpsPerSec, spread(x),
+					fmtDur(x.Latency.P50), fmtDur(x.Latency.P90),
+					fmtDur(x.Latency.P99), fmtDur(x.Latency.P999),
 					fmtCmds(x.ReqPerOp), fmtCmds(x.SrvCallsPerOp), x.AllocsPerOp, x.BytesPerOp, x.Errors)
 			}
 		case Contended, ContendedClients, ContendedProcs:
 			switch sc {
 			case Contended:
-				fmt.Fprintf(w, "contended: %d waiters sharing one backend, on one key, hold %s; hand-off = previous Release returned -> next Acquire returned\n",
+				fmt.Fprintf(w, "contended: %d waiters sharing one backend, on one key, hold %s;"+
+					" hand-off = previous Release returned -> next Acquire returned\n",
 					rows[0].Goroutines, rows[0].Hold)
 			case ContendedClients:
-				fmt.Fprintf(w, "contended-clients: %d waiters on one key, each with its own backend and client, hold %s%s; hand-off = previous Release called -> next Acquire returned\n",
+				fmt.Fprintf(w, "contended-clients: %d waiters on one key,"+
+					" each with its own backend and client, hold %s%s;"+
+					" hand-off = previous Release called -> next Acquire returned\n",
 					rows[0].Goroutines, rows[0].Hold, r.clientsTime())
 			case ContendedProcs:
-				fmt.Fprintf(w, "contended-procs: %d waiters on one key, each a process of its own, hold %s%s; hand-off = previous Release called -> next Acquire returned (wall clock); allocations not measured\n",
+				fmt.Fprintf(w, "contended-procs: %d waiters on one key,"+
+					" each a process of its own, hold %s%s;"+
+					" hand-off = previous Release called -> next Acquire returned (wall clock);"+
+					" allocations not measured\n",
 					rows[0].Goroutines, rows[0].Hold, r.clientsTime())
 			}
-			fmt.Fprintf(tw, "backend\tacq/s\t%shandoff p50\thandoff p99\tearly\tjain\treq/acq\tsrv-calls/acq\tallocs/acq\twait p50\twait p99\terrors\t\n", spreadHead)
+			fmt.Fprintf(tw, "backend\tacq/s\t%shandoff p50\thandoff p99\tearly\tjain\t"+
+				"req/acq\tsrv-calls/acq\tallocs/acq\twait p50\twait p99\terrors\t\n", spreadHead)
 			for _, x := range rows {
 				var hp50, hp99 time.Duration
 				if x.Handoff != nil {
 					hp50, hp99 = x.Handoff.P50, x.Handoff.P99
 				}
-				fmt.Fprintf(tw, "%s\t%.0f\t%s%s\t%s\t%d\t%.3f\t%s\t%s\t%s\t%s\t%s\t%d\t\n", x.Backend, x.OpsPerSec, spread(x),
-					fmtDur(hp50), fmtDur(hp99), x.Early, x.Jain, fmtCmds(x.ReqPerOp), fmtCmds(x.SrvCallsPerOp), fmtAllocs(x.AllocsPerOp),
+				fmt.Fprintf(tw, "%s\t%.0f\t%s%s\t%s\t%d\t%.3f\t"+
+					"%s\t%s\t%s\t%s\t%s\t%d\t\n",
+					x.Backend, x.OpsPerSec, spread(x),
+					fmtDur(hp50), fmtDur(hp99), x.Early, x.Jain,
+					fmtCmds(x.ReqPerOp), fmtCmds(x.SrvCallsPerOp), fmtAllocs(x.AllocsPerOp),
 					fmtDur(x.Latency.P50), fmtDur(x.Latency.P99), x.Errors)
 			}
 		}
@@ -368,7 +400,8 @@ func (r *Report) WriteTable(w io.Writer) error {
 	}
 	for _, res := range r.Results {
 		if res.FirstErr != "" {
-			fmt.Fprintf(w, "\n%s %s (%d): %d errors, first: %s", res.Backend, res.Scenario, res.Goroutines, res.Errors, res.FirstErr)
+			fmt.Fprintf(w, "\n%s %s (%d): %d errors, first: %s",
+				res.Backend, res.Scenario, res.Goroutines, res.Errors, res.FirstErr)
 		}
 	}
 	if len(r.Notes) > 0 {

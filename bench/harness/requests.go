@@ -104,7 +104,12 @@ func (c *RequestCounter) Wrap(conn net.Conn) net.Conn {
 
 // RueidisDial is a rueidis ClientOption.DialCtxFn that dials as rueidis
 // does by default (TLS when cfg is set) and wraps the connection.
-func (c *RequestCounter) RueidisDial(ctx context.Context, dst string, d *net.Dialer, cfg *tls.Config) (net.Conn, error) {
+func (c *RequestCounter) RueidisDial(
+	ctx context.Context,
+	dst string,
+	d *net.Dialer,
+	cfg *tls.Config,
+) (net.Conn, error) {
 	var conn net.Conn
 	var err error
 	if cfg != nil {
@@ -120,7 +125,9 @@ func (c *RequestCounter) RueidisDial(ctx context.Context, dst string, d *net.Dia
 
 // GoRedisDialer returns a go-redis Options.Dialer that dials as go-redis
 // does by default for opt (goredis.NewDialer) and wraps the connection.
-func (c *RequestCounter) GoRedisDialer(opt *goredis.Options) func(context.Context, string, string) (net.Conn, error) {
+func (c *RequestCounter) GoRedisDialer(
+	opt *goredis.Options,
+) func(context.Context, string, string) (net.Conn, error) {
 	dial := goredis.NewDialer(opt)
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		conn, err := dial(ctx, network, addr)

@@ -149,7 +149,12 @@ func TestRequestParser_realClientStreamsAtEveryCut(t *testing.T) {
 		var buf bytes.Buffer
 		c, err := rueidis.NewClient(rueidis.ClientOption{
 			InitAddress: []string{srv.Addr},
-			DialCtxFn: func(ctx context.Context, dst string, d *net.Dialer, _ *tls.Config) (net.Conn, error) {
+			DialCtxFn: func(
+				ctx context.Context,
+				dst string,
+				d *net.Dialer,
+				_ *tls.Config,
+			) (net.Conn, error) {
 				conn, err := d.DialContext(ctx, "tcp", dst)
 				if err != nil {
 					return nil, err
@@ -163,7 +168,8 @@ func TestRequestParser_realClientStreamsAtEveryCut(t *testing.T) {
 		lua := rueidis.NewLuaScript(script)
 		for i := range n {
 			key := fmt.Sprintf("rec:r:%d", i)
-			for _, r := range c.DoMulti(ctx, c.B().Ping().Build(), c.B().Set().Key(key).Value(value).Build()) {
+			for _, r := range c.DoMulti(ctx,
+				c.B().Ping().Build(), c.B().Set().Key(key).Value(value).Build()) {
 				if err := r.Error(); err != nil {
 					t.Fatal(err)
 				}
@@ -312,7 +318,8 @@ func TestRequestCounter_matchesCommandstatsForTopLevelCommands(t *testing.T) {
 					if err := c.Do(ctx, c.B().Ping().Build()).Error(); err != nil {
 						t.Error(err)
 					}
-					if err := c.Do(ctx, c.B().Set().Key(fmt.Sprint("cnt:r:", i)).Value("v").Build()).Error(); err != nil {
+					if err := c.Do(ctx,
+						c.B().Set().Key(fmt.Sprint("cnt:r:", i)).Value("v").Build()).Error(); err != nil {
 						t.Error(err)
 					}
 				}()
@@ -327,7 +334,8 @@ func TestRequestCounter_matchesCommandstatsForTopLevelCommands(t *testing.T) {
 		}
 
 		// A script that runs SET, GET and DEL: one request, four calls.
-		lua := rueidis.NewLuaScript(`redis.call("SET", KEYS[1], "v") redis.call("GET", KEYS[1]) return redis.call("DEL", KEYS[1])`)
+		lua := rueidis.NewLuaScript(`redis.call("SET", KEYS[1], "v") redis.call("GET", KEYS[1]) ` +
+			`return redis.call("DEL", KEYS[1])`)
 		req, srvStats = measure(t, reqs, func() {
 			if err := lua.Exec(ctx, c, []string{"cnt:lua"}, nil).Error(); err != nil {
 				t.Error(err)
@@ -337,7 +345,8 @@ func TestRequestCounter_matchesCommandstatsForTopLevelCommands(t *testing.T) {
 			t.Errorf("script: requests %d %v, want 1 evalsha", req.Total, req.ByCmd)
 		}
 		if srvStats.Total != 4 {
-			t.Errorf("script: commandstats total %d (%v), want 4 (evalsha, set, get, del)", srvStats.Total, srvStats.Calls)
+			t.Errorf("script: commandstats total %d (%v), want 4 (evalsha, set, get, del)",
+				srvStats.Total, srvStats.Calls)
 		}
 	})
 

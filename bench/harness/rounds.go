@@ -21,8 +21,13 @@ func Median(rounds []Result) Result {
 		return r
 	}
 	first := rounds[0]
-	out := Result{Backend: first.Backend, Scenario: first.Scenario, Goroutines: first.Goroutines, Hold: first.Hold,
-		HandoffFrom: first.HandoffFrom}
+	out := Result{
+		Backend:     first.Backend,
+		Scenario:    first.Scenario,
+		Goroutines:  first.Goroutines,
+		Hold:        first.Hold,
+		HandoffFrom: first.HandoffFrom,
+	}
 	var lat, gap []Percentiles
 	var rate, jain, early, allocs, bytes []float64
 	hasGap := false
@@ -65,14 +70,21 @@ func Median(rounds []Result) Result {
 	out.Early = uint64(median(early) + 0.5)
 	out.AllocsPerOp = median(allocs)
 	out.BytesPerOp = median(bytes)
-	out.ReqPerOp, out.ReqByCmd = pooled(rounds, func(r *Result) (float64, map[string]float64) { return r.ReqPerOp, r.ReqByCmd })
-	out.SrvCallsPerOp, out.SrvCallsByCmd = pooled(rounds, func(r *Result) (float64, map[string]float64) {
-		return r.SrvCallsPerOp, r.SrvCallsByCmd
-	})
+	out.ReqPerOp, out.ReqByCmd = pooled(rounds,
+		func(r *Result) (float64, map[string]float64) {
+			return r.ReqPerOp, r.ReqByCmd
+		})
+	out.SrvCallsPerOp, out.SrvCallsByCmd = pooled(rounds,
+		func(r *Result) (float64, map[string]float64) {
+			return r.SrvCallsPerOp, r.SrvCallsByCmd
+		})
 	return out
 }
 
-func pooled(rounds []Result, get func(*Result) (float64, map[string]float64)) (float64, map[string]float64) {
+func pooled(
+	rounds []Result,
+	get func(*Result) (float64, map[string]float64),
+) (float64, map[string]float64) {
 	var sum, ops float64
 	var by map[string]float64
 	for i := range rounds {

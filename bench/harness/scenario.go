@@ -195,7 +195,8 @@ func Run(ctx context.Context, b BackendInfo, scenario string, o Options) (Result
 		return Result{}, fmt.Errorf("%s: need at least one goroutine", scenario)
 	}
 	if !Applies(b, scenario) {
-		return Result{}, fmt.Errorf("%s %s: an in-process backend has no client per waiter", b.Name, scenario)
+		return Result{}, fmt.Errorf("%s %s: an in-process backend has no client per waiter",
+			b.Name, scenario)
 	}
 	if scenario == ContendedProcs {
 		return RunProcs(ctx, b, o)
@@ -230,7 +231,14 @@ func Run(ctx context.Context, b BackendInfo, scenario string, o Options) (Result
 	relCalled := res.HandoffFrom == HandoffReleaseCalled
 
 	if o.Warmup > 0 {
-		p := &phase{bes: bes, o: o, n: n, keyPrefix: prefix + ":warm", duration: o.Warmup, relCalled: relCalled}
+		p := &phase{
+			bes:       bes,
+			o:         o,
+			n:         n,
+			keyPrefix: prefix + ":warm",
+			duration:  o.Warmup,
+			relCalled: relCalled,
+		}
 		p.run(ctx, scenario)
 	}
 
@@ -253,7 +261,15 @@ func Run(ctx context.Context, b BackendInfo, scenario string, o Options) (Result
 
 	reqBefore := reqs.Snapshot()
 
-	p := &phase{bes: bes, o: o, n: n, keyPrefix: prefix, duration: o.Duration, limit: o.Ops, relCalled: relCalled}
+	p := &phase{
+		bes:       bes,
+		o:         o,
+		n:         n,
+		keyPrefix: prefix,
+		duration:  o.Duration,
+		limit:     o.Ops,
+		relCalled: relCalled,
+	}
 	runtime.GC()
 	var m0, m1 runtime.MemStats
 	runtime.ReadMemStats(&m0)
@@ -310,13 +326,19 @@ func Run(ctx context.Context, b BackendInfo, scenario string, o Options) (Result
 // acquire cut off at the end of an earlier phase (some backends cannot undo
 // one) must not make a later round wait out its TTL.
 func runPrefix(o Options, b BackendInfo, scenario string) string {
-	return o.KeyPrefix + ":" + b.Name + ":" + scenario[:1] + ":" + strconv.FormatUint(runSeq.Add(1), 10)
+	return o.KeyPrefix + ":" + b.Name + ":" + scenario[:1] + ":" +
+		strconv.FormatUint(runSeq.Add(1), 10)
 }
 
 // finish fills the rates and per-operation counts from res.Ops and
 // res.Elapsed; req may be nil (not counted). It fails when nothing
 // completed.
-func (res *Result) finish(backend string, req *RequestStats, stats CommandStats, statsOK bool) error {
+func (res *Result) finish(
+	backend string,
+	req *RequestStats,
+	stats CommandStats,
+	statsOK bool,
+) error {
 	if res.Ops == 0 {
 		if res.FirstErr != "" {
 			return fmt.Errorf("%s %s: nothing completed: %s", backend, res.Scenario, res.FirstErr)

@@ -72,7 +72,11 @@ func Resolve(addr, url string, warn io.Writer) (*Target, error) {
 			return nil, fmt.Errorf("no redis-server (%v) and miniredis failed: %w", err, merr)
 		}
 		fmt.Fprintln(warn, MiniredisWarning)
-		return &Target{Addr: mr.Addr(), Kind: "miniredis", close: func() error { mr.Close(); return nil }}, nil
+		return &Target{
+			Addr:  mr.Addr(),
+			Kind:  "miniredis",
+			close: func() error { mr.Close(); return nil },
+		}, nil
 	}
 	admin, err := t.Admin()
 	if err != nil {

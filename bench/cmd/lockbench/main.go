@@ -21,13 +21,13 @@
 // the hand-off gap runs from the previous Release being called). A fourth,
 // "contended-procs", runs only when -scenarios names it: contended-clients
 // with every waiter a separate process (this executable started again).
-// All report Redis
-// requests per operation (req: commands the clients sent, counted on the
-// client side, a script invocation once), server-side command calls per
-// operation (srv-calls: INFO commandstats, commands run inside scripts
-// included) and allocations per operation. -rounds N runs every backend N
-// times per scenario, backends taking turns, and reports the medians. The output is an aligned table, or JSON with -json; -plot
-// out.png draws the latency percentiles.
+// All report Redis requests per operation (req: commands the clients sent,
+// counted on the client side, a script invocation once), server-side command
+// calls per operation (srv-calls: INFO commandstats, commands run inside
+// scripts included) and allocations per operation. -rounds N runs every
+// backend N times per scenario, backends taking turns, and reports the
+// medians. The output is an aligned table, or JSON with -json; -plot out.png
+// draws the latency percentiles.
 package main
 
 import (
@@ -88,21 +88,28 @@ func parse(args []string, stderr io.Writer) (*config, error) {
 	fs := flag.NewFlagSet("lockbench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	c := &config{}
-	fs.StringVar(&c.addr, "addr", "", "Redis host:port (default: REDIS_URL, else a redis-server started from PATH, else miniredis)")
-	fs.DurationVar(&c.opts.Duration, "duration", time.Second, "measured time per backend per scenario and round")
-	fs.DurationVar(&c.opts.Warmup, "warmup", 0, "unmeasured warm-up per backend per scenario (default duration/10, at most 300ms)")
+	fs.StringVar(&c.addr, "addr", "", "Redis host:port (default: REDIS_URL,"+
+		" else a redis-server started from PATH, else miniredis)")
+	fs.DurationVar(&c.opts.Duration, "duration", time.Second,
+		"measured time per backend per scenario and round")
+	fs.DurationVar(&c.opts.Warmup, "warmup", 0,
+		"unmeasured warm-up per backend per scenario (default duration/10, at most 300ms)")
 	fs.IntVar(&c.opts.Goroutines, "goroutines", 50, "uncontended: goroutines, each on its own keys")
 	fs.IntVar(&c.opts.Waiters, "waiters", 8, "contended: goroutines waiting on one key")
-	clients := fs.String("clients", "8,64", "contended-clients, contended-procs: comma-separated waiter counts, each waiter with its own client (or process)")
-	fs.DurationVar(&c.clientsDuration, "clients-duration", 0, "contended-clients, contended-procs: measured time per backend per waiter count and round (default half of -duration)")
-	fs.DurationVar(&c.opts.Hold, "hold", 100*time.Microsecond, "contended: how long a holder keeps the key")
+	clients := fs.String("clients", "8,64", "contended-clients, contended-procs:"+
+		" comma-separated waiter counts, each waiter with its own client (or process)")
+	fs.DurationVar(&c.clientsDuration, "clients-duration", 0, "contended-clients, contended-procs:"+
+		" measured time per backend per waiter count and round (default half of -duration)")
+	fs.DurationVar(&c.opts.Hold, "hold", 100*time.Microsecond,
+		"contended: how long a holder keeps the key")
 	fs.DurationVar(&c.opts.TTL, "ttl", 10*time.Second, "lease time of every acquisition")
 	scen := fs.String("scenarios", strings.Join(harness.Scenarios, ","),
 		"comma-separated scenarios (also: "+harness.ContendedProcs+", one process per waiter)")
 	back := fs.String("backends", strings.Join(harness.Backends(), ","), "comma-separated backends")
 	fs.BoolVar(&c.json, "json", false, "write JSON instead of the table")
 	fs.StringVar(&c.plot, "plot", "", "also draw latency percentiles per backend into this PNG file")
-	fs.IntVar(&c.rounds, "rounds", 3, "run each scenario this many rounds, backends taking turns in a rotating order; report medians")
+	fs.IntVar(&c.rounds, "rounds", 3, "run each scenario this many rounds,"+
+		" backends taking turns in a rotating order; report medians")
 	fs.IntVar(&c.rttSamples, "rtt-samples", 2000, "PINGs for the round-trip measurement")
 	fs.BoolVar(&c.progress, "progress", true, "show a progress line on stderr")
 	fs.StringVar(&c.opts.MongoURI, "mongo", "", "MongoDB URI for the optional lockmongo backend "+
@@ -150,7 +157,8 @@ func parse(args []string, stderr io.Writer) (*config, error) {
 			ok = ok || s == known
 		}
 		if !ok {
-			return nil, fmt.Errorf("unknown scenario %q (have %s)", s, strings.Join(harness.AllScenarios, ", "))
+			return nil, fmt.Errorf("unknown scenario %q (have %s)",
+				s, strings.Join(harness.AllScenarios, ", "))
 		}
 		c.scenarios = append(c.scenarios, s)
 	}
@@ -164,7 +172,8 @@ func parse(args []string, stderr io.Writer) (*config, error) {
 		return nil, fmt.Errorf("nothing to run: -scenarios and -backends must name at least one each")
 	}
 	if len(c.runs()) == 0 {
-		return nil, fmt.Errorf("nothing to run: no backend applies to the scenarios, or -clients is empty")
+		return nil, fmt.Errorf("nothing to run:" +
+			" no backend applies to the scenarios, or -clients is empty")
 	}
 	// Report order, whatever order -scenarios gave.
 	slices.SortStableFunc(c.scenarios, func(a, b string) int {

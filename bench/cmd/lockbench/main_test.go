@@ -31,7 +31,13 @@ func TestMain(m *testing.M) {
 // checkReport asserts that every backend ran in every scenario that applies
 // to it, at every waiter count in clients for the per-client scenarios, and
 // produced real figures.
-func checkReport(t *testing.T, rep *harness.Report, scenarios []string, clients []int, wantCmds bool) {
+func checkReport(
+	t *testing.T,
+	rep *harness.Report,
+	scenarios []string,
+	clients []int,
+	wantCmds bool,
+) {
 	t.Helper()
 	backends := harness.Backends()
 	type row struct {
@@ -105,7 +111,8 @@ func checkReport(t *testing.T, rep *harness.Report, scenarios []string, clients 
 				t.Errorf("%s %s: %d hand-offs before the Release call", sc, b, r.Early)
 			}
 			if r.Jain <= 0 || r.Jain > 1 || len(r.Counts) != r.Goroutines {
-				t.Errorf("%s %s: jain %v over %d counts, want (0,1] over %d", sc, b, r.Jain, len(r.Counts), r.Goroutines)
+				t.Errorf("%s %s: jain %v over %d counts, want (0,1] over %d",
+					sc, b, r.Jain, len(r.Counts), r.Goroutines)
 			}
 		}
 	}
@@ -125,7 +132,8 @@ func checkReport(t *testing.T, rep *harness.Report, scenarios []string, clients 
 func runJSON(t *testing.T, args ...string) (*harness.Report, string) {
 	t.Helper()
 	var out, errb bytes.Buffer
-	if err := run(context.Background(), append(args, "-json", "-progress=false"), &out, &errb); err != nil {
+	if err := run(context.Background(), append(args, "-json", "-progress=false"),
+		&out, &errb); err != nil {
 		t.Fatalf("run: %v\nstderr: %s", err, errb.String())
 	}
 	var rep harness.Report
@@ -142,7 +150,8 @@ func TestRun_everyBackendEveryScenarioOnRealRedis(t *testing.T) {
 		"-rtt-samples", "200", "-plot", plot, "-clients", "3,5", "-rounds", "1",
 		"-scenarios", strings.Join(harness.AllScenarios, ","))
 	if rep.TargetKind != "addr" || rep.Version == "" {
-		t.Errorf("target kind %q version %q, want addr and the server's version", rep.TargetKind, rep.Version)
+		t.Errorf("target kind %q version %q, want addr and the server's version",
+			rep.TargetKind, rep.Version)
 	}
 	checkReport(t, rep, harness.AllScenarios, []int{3, 5}, true)
 	for _, sc := range []string{harness.ContendedClients, harness.ContendedProcs} {
@@ -172,8 +181,10 @@ func TestRun_tableListsEveryBackendPerScenario(t *testing.T) {
 	srv := redistest.Start(t)
 	var out, errb bytes.Buffer
 	// 64 clients need longer than 50ms to complete anything under -race.
-	err := run(context.Background(), []string{"-addr", srv.Addr, "-duration", "50ms", "-warmup", "10ms",
-		"-clients-duration", "150ms", "-rtt-samples", "50", "-progress=false"}, &out, &errb)
+	err := run(context.Background(), []string{
+		"-addr", srv.Addr, "-duration", "50ms", "-warmup", "10ms",
+		"-clients-duration", "150ms", "-rtt-samples", "50", "-progress=false",
+	}, &out, &errb)
 	if err != nil {
 		t.Fatalf("run: %v\n%s", err, errb.String())
 	}
@@ -215,7 +226,8 @@ func TestRun_fallsBackToMiniredisWithWarning(t *testing.T) {
 	// miniredis serves one command at a time and runs Lua slowly (more so
 	// under -race): few goroutines, so that pairs complete in the window.
 	rep, stderr := runJSON(t, "-duration", "300ms", "-warmup", "50ms", "-rtt-samples", "50",
-		"-goroutines", "4", "-waiters", "4", "-clients", "3", "-clients-duration", "300ms", "-rounds", "1",
+		"-goroutines", "4", "-waiters", "4", "-clients", "3", "-clients-duration", "300ms",
+		"-rounds", "1",
 		"-scenarios", strings.Join(harness.AllScenarios, ","))
 	if !strings.Contains(stderr, harness.MiniredisWarning) {
 		t.Errorf("stderr lacks the miniredis warning:\n%s", stderr)
@@ -245,34 +257,45 @@ func TestParse_rejectsUnknownNamesAndBadValues(t *testing.T) {
 			t.Errorf("parse(%q) accepted", args)
 		}
 	}
-	c, err := parse([]string{"-backends", "raw, lockredis", "-scenarios", "contended"}, &bytes.Buffer{})
+	c, err := parse([]string{"-backends", "raw, lockredis", "-scenarios", "contended"},
+		&bytes.Buffer{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if strings.Join(c.backends, ",") != "raw,lockredis" || strings.Join(c.scenarios, ",") != "contended" {
+	if strings.Join(c.backends, ",") != "raw,lockredis" ||
+		strings.Join(c.scenarios, ",") != "contended" {
 		t.Errorf("parsed backends %q scenarios %q", c.backends, c.scenarios)
 	}
-	c, err = parse([]string{"-backends", "lockmem,raw", "-scenarios", "contended-procs,contended", "-clients", "8, 64",
-		"-duration", "2s"}, &bytes.Buffer{})
+	c, err = parse([]string{
+		"-backends", "lockmem,raw", "-scenarios", "contended-procs,contended",
+		"-clients", "8, 64", "-duration", "2s",
+	}, &bytes.Buffer{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var got []string
 	for _, r := range c.runs() {
-		got = append(got, fmt.Sprintf("%s/%d/%s/%s", r.scenario, r.opts.Waiters, r.opts.Duration, strings.Join(r.backends, "+")))
+		got = append(got, fmt.Sprintf("%s/%d/%s/%s",
+			r.scenario, r.opts.Waiters, r.opts.Duration, strings.Join(r.backends, "+")))
 	}
-	want := []string{"contended/8/2s/lockmem+raw", "contended-procs/8/1s/raw", "contended-procs/64/1s/raw"}
+	want := []string{
+		"contended/8/2s/lockmem+raw",
+		"contended-procs/8/1s/raw",
+		"contended-procs/64/1s/raw",
+	}
 	if !slices.Equal(got, want) {
-		t.Errorf("runs %q, want %q (report order, one per -clients count at half -duration, lockmem left out)", got, want)
+		t.Errorf("runs %q, want %q (report order, one per -clients count at half -duration,"+
+			" lockmem left out)", got, want)
 	}
 }
 
 func TestRun_roundsTakeTurnsAndReportMedians(t *testing.T) {
 	srv := redistest.Start(t)
-	rep, _ := runJSON(t, "-addr", srv.Addr, "-duration", "100ms", "-warmup", "20ms", "-rtt-samples", "50",
-		"-rounds", "3", "-backends", "raw,lockmem", "-scenarios", "uncontended")
+	rep, _ := runJSON(t, "-addr", srv.Addr, "-duration", "100ms", "-warmup", "20ms",
+		"-rtt-samples", "50", "-rounds", "3", "-backends", "raw,lockmem", "-scenarios", "uncontended")
 	if rep.Rounds != 3 || len(rep.Results) != 2 {
-		t.Fatalf("rounds %d, %d results; want 3 rounds merged into one row per backend", rep.Rounds, len(rep.Results))
+		t.Fatalf("rounds %d, %d results; want 3 rounds merged into one row per backend",
+			rep.Rounds, len(rep.Results))
 	}
 	for _, r := range rep.Results {
 		if len(r.RoundOpsPerSec) != 3 {
