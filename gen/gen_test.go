@@ -16,7 +16,9 @@ import (
 
 func newClient(t testing.TB, addr string, disableCache bool) rueidis.Client {
 	t.Helper()
-	c, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{addr}, DisableCache: disableCache})
+	c, err := rueidis.NewClient(rueidis.ClientOption{
+		InitAddress: []string{addr}, DisableCache: disableCache,
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -31,7 +33,8 @@ func keys(t testing.TB) (string, string) {
 
 // acquire runs gen.Acquire on the lock lk (fence fk, line keys named after
 // lk) as TryAcquire would: line ttl 0, no channel.
-func acquire(ctx context.Context, c rueidis.Client, lk, fk, tok string, ttl time.Duration) (gen.AcquireResult, error) {
+func acquire(ctx context.Context, c rueidis.Client, lk, fk, tok string, ttl time.Duration) (
+	gen.AcquireResult, error) {
 	return gen.Acquire(ctx, c, acquireKeys(lk), gen.AcquireArgs{Token: tok, TTL: ttl})
 }
 
@@ -195,7 +198,8 @@ func TestInspectCache_servedFromClientCacheUntilKeyChanges(t *testing.T) {
 	// rueidis's static-TTL path (no MULTI/PTTL wrapper) stores the entry
 	// on the second read, so at most one of the ten reaches the server.
 	if got := evalROCalls(t, srv); got-calls > 1 {
-		t.Fatalf("server ran %d read-only script calls for 10 InspectCache calls of an unchanged key, want at most 1", got-calls)
+		t.Fatalf("server ran %d read-only script calls for 10 InspectCache calls "+
+			"of an unchanged key, want at most 1", got-calls)
 	}
 
 	// Another connection releases and re-takes the key: the server sends
@@ -302,7 +306,8 @@ func TestScripts_listsEveryScriptWithItsSHA1(t *testing.T) {
 	for i, s := range gen.Scripts {
 		w, ok := want[s.Name]
 		if !ok || s.Source != w.src || s.SHA1 != w.sha || s.ReadOnly != w.ro {
-			t.Fatalf("Scripts[%d] = {%s ro=%v sha=%s}: does not match the constants", i, s.Name, s.ReadOnly, s.SHA1)
+			t.Fatalf("Scripts[%d] = {%s ro=%v sha=%s}: does not match the constants",
+				i, s.Name, s.ReadOnly, s.SHA1)
 		}
 		if i > 0 && gen.Scripts[i-1].Name >= s.Name {
 			t.Fatalf("Scripts not sorted by name at %d", i)
@@ -336,10 +341,12 @@ func BenchmarkRawFloor(b *testing.B) {
 	c := newClient(b, srv.Addr, false)
 	ctx := context.Background()
 	lk, _ := keys(b)
-	del := rueidis.NewLuaScript(`if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0`)
+	del := rueidis.NewLuaScript(`if redis.call('GET', KEYS[1]) == ARGV[1] then ` +
+		`return redis.call('DEL', KEYS[1]) end return 0`)
 	b.ReportAllocs()
 	for b.Loop() {
-		if err := c.Do(ctx, c.B().Set().Key(lk).Value("tok").Nx().PxMilliseconds(10000).Build()).Error(); err != nil {
+		set := c.B().Set().Key(lk).Value("tok").Nx().PxMilliseconds(10000).Build()
+		if err := c.Do(ctx, set).Error(); err != nil {
 			b.Fatal(err)
 		}
 		if n, err := del.Exec(ctx, c, []string{lk}, []string{"tok"}).AsInt64(); err != nil || n != 1 {

@@ -388,7 +388,7 @@ func TestACL_missingPermission_failsFastWithNOPERM(t *testing.T) {
 		call permCall
 	}{
 		{"eval", afterScriptFlush}, {"del", releaseFree},
-		{"get", tryFree}, {"exists", tryFree}, {"incr", tryFree}, {"set", tryFree},
+		{"get", releaseFree}, {"exists", tryFree}, {"incr", tryFree}, {"set", tryFree},
 		{"pttl", joinLine}, {"time", joinLine}, {"zrangebyscore", joinLine},
 		{"zscore", joinLine}, {"zrange", joinLine}, {"zadd", joinLine}, {"hset", joinLine},
 		{"pexpire", joinLine}, {"zrank", joinLine}, {"hget", joinLine},
