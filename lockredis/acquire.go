@@ -297,11 +297,7 @@ func (m *Manager) releaseLater(l *Lease, ttl time.Duration) {
 			if err == nil || isReply || time.Now().After(until) {
 				return // done, or refused for good, or moot
 			}
-			t := time.NewTimer(backoff)
-			select {
-			case <-t.C:
-			case <-m.ctx.Done():
-				t.Stop()
+			if !m.sleep(backoff) {
 				return
 			}
 			backoff = min(2*backoff, m.maxBO)
@@ -443,14 +439,23 @@ func (m *Manager) subscribe() {
 		if _, ok := rueidis.IsRedisErr(err); ok {
 			return // refused (NOPERM, unknown command): poll instead
 		}
-		t := time.NewTimer(backoff)
-		select {
-		case <-t.C:
-		case <-m.ctx.Done():
-			t.Stop()
+		if !m.sleep(backoff) {
 			return
 		}
 		backoff = min(2*backoff, time.Second)
+	}
+}
+
+// sleep waits for d, or until the Manager is closed; it reports false if it
+// was closed.
+func (m *Manager) sleep(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-m.ctx.Done():
+		return false
 	}
 }
 
