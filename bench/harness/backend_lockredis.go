@@ -7,7 +7,8 @@ func init() {
 		Name: "lockredis",
 		Note: "this project's lockredis, lockredis.New with defaults" +
 			" and the target's rueidis.ClientOption " +
-			"(client-side caching on, so waiters wake on invalidations; DisableCache only on miniredis)",
+			"(waiters join the key's line in Redis and are handed the key by the release, " +
+			"woken by a Pub/Sub push; DisableCache only on miniredis)",
 		NeedsRedis: true,
 		New: func(cfg Config) (Backend, error) {
 			opt, err := cfg.RueidisOption()
