@@ -77,8 +77,10 @@ func TestServer_diesWithParentProcess(t *testing.T) {
 	if !refused(addr) {
 		host, port, _ := strings.Cut(addr, ":")
 		info, err := cli("-h", host, "-p", port, "INFO", "server")
-		if err == nil && strings.Contains(info, fmt.Sprintf("process_id:%d\r", pid)) {
-			t.Fatalf("%s is still served by the killed child's server %d", addr, pid)
+		for _, line := range strings.Split(info, "\n") {
+			if err == nil && strings.TrimSpace(line) == fmt.Sprintf("process_id:%d", pid) {
+				t.Fatalf("%s is still served by the killed child's server %d", addr, pid)
+			}
 		}
 	}
 }
