@@ -60,7 +60,7 @@ local L, LD, LA = KEYS[3], KEYS[4], KEYS[5]
 
 -- Fast path first: nobody waits and the key is free. One SET NX decides; an
 -- INCR that fails (a fence key of the wrong type) undoes it.
-if redis.call('EXISTS', L) == 0 and redis.call('SET', KEYS[1], token, 'NX', 'PX', ttl) then
+if redis.call('EXISTS', LA) == 0 and redis.call('SET', KEYS[1], token, 'NX', 'PX', ttl) then
   local fence = redis.pcall('INCR', KEYS[2])
   if type(fence) == 'table' then
     redis.call('DEL', KEYS[1])
@@ -77,11 +77,12 @@ end
 
 -- lineRead reads each line key once, so that a key of the wrong type fails
 -- the call before it writes anything (scripts are not rolled back); it
--- replies this token's deadline in the line, or nil.
+-- replies this token's deadline in the line (or nil) and its args ("gone"
+-- once a release with it gave its place up).
 local function lineRead()
   redis.call('ZSCORE', L, token)
-  redis.call('HGET', LA, token)
-  return tonumber(redis.call('ZSCORE', LD, token))
+  local a = redis.call('HGET', LA, token)
+  return tonumber(redis.call('ZSCORE', LD, token)), a
 end
 
 -- fenceRead checks, before anything is written, that INCR of the fence
@@ -142,12 +143,12 @@ if holder == token then
   else
     fence = 0
   end
-  local queued = redis.call('EXISTS', L) == 1 and lineRead()
+  local queued = redis.call('EXISTS', LA) == 1 and lineRead()
   redis.call('PEXPIRE', KEYS[1], ttl)
   if queued then leave(token) end
   return {1, fence, ms, 0}
 end
-if not holder and redis.call('EXISTS', L) == 0 then
+if not holder and redis.call('EXISTS', LA) == 0 then
   -- Free with nobody waiting after all (expired since the SET NX above).
   local fence = redis.pcall('INCR', KEYS[2])
   if type(fence) == 'table' then return fence end
@@ -155,13 +156,21 @@ if not holder and redis.call('EXISTS', L) == 0 then
   return {1, fence, ms, 0}
 end
 -- A TryAcquire of a held key (line ttl 0) writes nothing and reads no line.
-local deadline = nil
-if not holder or lms ~= 0 then deadline = lineRead() end
+local deadline, args = nil, nil
+if not holder or lms ~= 0 then deadline, args = lineRead() end
 local t = nil
+if args == 'gone' then
+  t = now()
+  if deadline and deadline > t then
+    -- This token gave its place up (a release with it): an attempt that
+    -- arrives late neither joins the line again nor takes the key.
+    return {0, 0, redis.call('PTTL', KEYS[1]), 0}
+  end
+end
 if not holder then
   local bad = fenceRead()
   if type(bad) == 'table' then return bad end
-  t = now()
+  t = t or now()
   local h, httl, hch = head(t)
   if not h or h == token then
     local fence = redis.call('INCR', KEYS[2])
@@ -203,7 +212,7 @@ redis.call('PEXPIRE', LA, keep)
 return {0, 0, pttl, redis.call('ZRANK', L, token) + 1}`
 
 // AcquireSHA1 is the SHA1 of AcquireSource, as SCRIPT LOAD replies it.
-const AcquireSHA1 = "5e508f53de3551692490daa5cd6ad3682638ff73"
+const AcquireSHA1 = "406d5084ed7fcf338ac9cd0b5d2c5654d75f9aa9"
 
 var acquireScript = rueidis.NewLuaScript(AcquireSource)
 

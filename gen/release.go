@@ -41,9 +41,9 @@ local L, LD, LA = KEYS[3], KEYS[4], KEYS[5]
 local holder = redis.call('GET', KEYS[1])
 local released = 0
 if holder == token then released = 1 end
--- Fast path: nobody waits (the line's keys are created, kept alive and
--- emptied together).
-if redis.call('EXISTS', L) == 0 then
+-- Fast path: nobody waits (the line args hash holds every place in line, and
+-- every token that gave its place up, until it lapses).
+if redis.call('EXISTS', LA) == 0 then
   if released == 1 then
     redis.call('DEL', KEYS[1])
   end
@@ -55,21 +55,36 @@ local function leave(t)
   redis.call('ZREM', LD, t)
   redis.call('HDEL', LA, t)
 end
+
+-- giveUp takes a waiting token out of the line and marks it "gone" until
+-- its place would have lapsed, so that an acquire with it that arrives
+-- late (sent before the release, delayed on another connection) does not
+-- bring it back.
+local function giveUp(t, deadline)
+  redis.call('ZREM', L, t)
+  if deadline then
+    redis.call('HSET', LA, t, 'gone')
+  else
+    leave(t)
+  end
+end
 -- Read every key this call may write before writing any, so that a key of
 -- the wrong type fails the call with nothing written (scripts are not
 -- rolled back).
 local queued = redis.call('ZSCORE', L, token)
-queued = redis.call('ZSCORE', LD, token) or queued
-queued = redis.call('HGET', LA, token) or queued
+local deadline = redis.call('ZSCORE', LD, token)
+queued = redis.call('HGET', LA, token) or deadline or queued
 if holder and released == 0 then
-  if queued then leave(token) end
+  if queued then giveUp(token, deadline) end
   return {0, false, 0, 0}
 end
 local f = redis.call('GET', KEYS[2])
 if f and f ~= '0' and not string.match(f, '^%-?[1-9]%d*$') then
   return redis.error_reply('ERR fence key holds a value that is not an integer')
 end
-if queued then leave(token) end
+if queued then
+  if released == 1 then leave(token) else giveUp(token, deadline) end
+end
 -- The lock is free, or ours to give: does anyone wait?
 local tm = redis.call('TIME')
 local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
@@ -99,7 +114,7 @@ end
 return {released, false, 0, 0}`
 
 // ReleaseSHA1 is the SHA1 of ReleaseSource, as SCRIPT LOAD replies it.
-const ReleaseSHA1 = "8d763243addf811940d046c20881d45cceb9c5a9"
+const ReleaseSHA1 = "fc251e331c3b5e8c2763c899f3653ea9cfba0f8b"
 
 var releaseScript = rueidis.NewLuaScript(ReleaseSource)
 

@@ -491,6 +491,15 @@ func TestFaults(t *testing.T) {
 		if told {
 			v.stalledTold++
 		} else {
+			r.mu.Lock()
+			var rs []string
+			for _, x := range r.refreshes {
+				rs = append(rs, fmt.Sprintf("%+v", x))
+			}
+			t.Logf("the untold stalled holder: acquired %v..%v, ttl %v, refreshes %v, "+
+				"release %+v, %d writes", r.acqCall.Format("15:04:05.000"),
+				r.acqEnd.Format("15:04:05.000"), r.ttl, rs, r.release, len(r.writes))
+			r.mu.Unlock()
 			t.Errorf("stalled holder (client %d, key %q, fence %d) was never told it lost the lease",
 				r.client, r.key, r.fence)
 		}

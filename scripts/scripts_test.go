@@ -764,8 +764,12 @@ func TestLine(t *testing.T) {
 			}
 			rel(t, b, k, "a", "")
 			rel(t, b, k, "b", "")
+			equal(t, "line exists after everyone left", exists(t, b, k.line), false)
+			// What is left are the marks of the two given-up places, until
+			// the longer of them (b's, 1000ms) would have lapsed.
+			b.advance(t, 1100*time.Millisecond)
 			for _, key := range k.all()[2:] {
-				equal(t, key+" exists after everyone left", exists(t, b, key), false)
+				equal(t, key+" exists after the given-up places lapsed", exists(t, b, key), false)
 			}
 			acq(t, b, k, "c", "5000", "100", "")
 			b.advance(t, 200*time.Millisecond)
@@ -776,16 +780,31 @@ func TestLine(t *testing.T) {
 		t.Run("waiterRelease_leavesLine", func(t *testing.T) {
 			k := keys(t)
 			acq(t, b, k, "h", "5000", "0", "")
-			acq(t, b, k, "a", "5000", "10000", "")
-			acq(t, b, k, "b", "5000", "10000", "")
+			acq(t, b, k, "a", "5000", "1000", "")
+			acq(t, b, k, "b", "5000", "1000", "")
 			equal(t, "a gives up", rel(t, b, k, "a", ""), released{})
 			equal(t, "a in line", inLine(t, b, k, "a"), int64(0))
 			equal(t, "b in line", inLine(t, b, k, "b"), int64(1))
 			v, _ := get(t, b, k.lock)
 			equal(t, "holder", v, "h")
+			// An acquire with a's token that arrives late (sent before its
+			// release, delayed on another connection) neither joins the
+			// line again nor takes the key.
+			late := acq(t, b, k, "a", "5000", "10000", "")
+			equal(t, "a's late acquire: acquired", late[0], int64(0))
+			equal(t, "a's late acquire: position", late[3], int64(0))
+			equal(t, "a in line after its late acquire", inLine(t, b, k, "a"), int64(0))
 			rel(t, b, k, "b", "")
+			equal(t, "line exists", exists(t, b, k.line), false)
+			equal(t, "h releases", rel(t, b, k, "h", ""), released{Released: 1})
+			late = acq(t, b, k, "a", "5000", "10000", "")
+			equal(t, "a's late acquire of the free key: acquired", late[0], int64(0))
+			if _, ok := get(t, b, k.lock); ok {
+				t.Fatal("a late acquire of a token that gave its place up took the key")
+			}
+			b.advance(t, 1100*time.Millisecond)
 			for _, key := range k.all()[2:] {
-				equal(t, key+" exists", exists(t, b, key), false)
+				equal(t, key+" exists after the given-up places lapsed", exists(t, b, key), false)
 			}
 		})
 		t.Run("waiterReleaseOnFreeKey_handsToNext", func(t *testing.T) {

@@ -69,7 +69,7 @@ local L, LD, LA = KEYS[3], KEYS[4], KEYS[5]
 
 -- Fast path first: nobody waits and the key is free. One SET NX decides; an
 -- INCR that fails (a fence key of the wrong type) undoes it.
-if redis.call('EXISTS', L) == 0 and redis.call('SET', KEYS[1], token, 'NX', 'PX', ttl) then
+if redis.call('EXISTS', LA) == 0 and redis.call('SET', KEYS[1], token, 'NX', 'PX', ttl) then
   local fence = redis.pcall('INCR', KEYS[2])
   if type(fence) == 'table' then
     redis.call('DEL', KEYS[1])
@@ -86,11 +86,12 @@ end
 
 -- lineRead reads each line key once, so that a key of the wrong type fails
 -- the call before it writes anything (scripts are not rolled back); it
--- replies this token's deadline in the line, or nil.
+-- replies this token's deadline in the line (or nil) and its args ("gone"
+-- once a release with it gave its place up).
 local function lineRead()
   redis.call('ZSCORE', L, token)
-  redis.call('HGET', LA, token)
-  return tonumber(redis.call('ZSCORE', LD, token))
+  local a = redis.call('HGET', LA, token)
+  return tonumber(redis.call('ZSCORE', LD, token)), a
 end
 
 -- fenceRead checks, before anything is written, that INCR of the fence
@@ -151,12 +152,12 @@ if holder == token then
   else
     fence = 0
   end
-  local queued = redis.call('EXISTS', L) == 1 and lineRead()
+  local queued = redis.call('EXISTS', LA) == 1 and lineRead()
   redis.call('PEXPIRE', KEYS[1], ttl)
   if queued then leave(token) end
   return {1, fence, ms, 0}
 end
-if not holder and redis.call('EXISTS', L) == 0 then
+if not holder and redis.call('EXISTS', LA) == 0 then
   -- Free with nobody waiting after all (expired since the SET NX above).
   local fence = redis.pcall('INCR', KEYS[2])
   if type(fence) == 'table' then return fence end
@@ -164,13 +165,21 @@ if not holder and redis.call('EXISTS', L) == 0 then
   return {1, fence, ms, 0}
 end
 -- A TryAcquire of a held key (line ttl 0) writes nothing and reads no line.
-local deadline = nil
-if not holder or lms ~= 0 then deadline = lineRead() end
+local deadline, args = nil, nil
+if not holder or lms ~= 0 then deadline, args = lineRead() end
 local t = nil
+if args == 'gone' then
+  t = now()
+  if deadline and deadline > t then
+    -- This token gave its place up (a release with it): an attempt that
+    -- arrives late neither joins the line again nor takes the key.
+    return {0, 0, redis.call('PTTL', KEYS[1]), 0}
+  end
+end
 if not holder then
   local bad = fenceRead()
   if type(bad) == 'table' then return bad end
-  t = now()
+  t = t or now()
   local h, httl, hch = head(t)
   if not h or h == token then
     local fence = redis.call('INCR', KEYS[2])
@@ -313,9 +322,9 @@ local L, LD, LA = KEYS[3], KEYS[4], KEYS[5]
 local holder = redis.call('GET', KEYS[1])
 local released = 0
 if holder == token then released = 1 end
--- Fast path: nobody waits (the line's keys are created, kept alive and
--- emptied together).
-if redis.call('EXISTS', L) == 0 then
+-- Fast path: nobody waits (the line args hash holds every place in line, and
+-- every token that gave its place up, until it lapses).
+if redis.call('EXISTS', LA) == 0 then
   if released == 1 then
     redis.call('DEL', KEYS[1])
   end
@@ -327,21 +336,36 @@ local function leave(t)
   redis.call('ZREM', LD, t)
   redis.call('HDEL', LA, t)
 end
+
+-- giveUp takes a waiting token out of the line and marks it "gone" until
+-- its place would have lapsed, so that an acquire with it that arrives
+-- late (sent before the release, delayed on another connection) does not
+-- bring it back.
+local function giveUp(t, deadline)
+  redis.call('ZREM', L, t)
+  if deadline then
+    redis.call('HSET', LA, t, 'gone')
+  else
+    leave(t)
+  end
+end
 -- Read every key this call may write before writing any, so that a key of
 -- the wrong type fails the call with nothing written (scripts are not
 -- rolled back).
 local queued = redis.call('ZSCORE', L, token)
-queued = redis.call('ZSCORE', LD, token) or queued
-queued = redis.call('HGET', LA, token) or queued
+local deadline = redis.call('ZSCORE', LD, token)
+queued = redis.call('HGET', LA, token) or deadline or queued
 if holder and released == 0 then
-  if queued then leave(token) end
+  if queued then giveUp(token, deadline) end
   return {0, false, 0, 0}
 end
 local f = redis.call('GET', KEYS[2])
 if f and f ~= '0' and not string.match(f, '^%-?[1-9]%d*$') then
   return redis.error_reply('ERR fence key holds a value that is not an integer')
 end
-if queued then leave(token) end
+if queued then
+  if released == 1 then leave(token) else giveUp(token, deadline) end
+end
 -- The lock is free, or ours to give: does anyone wait?
 local tm = redis.call('TIME')
 local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)

@@ -279,13 +279,21 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 					return ctx.Err()
 				}
 				if err != nil {
-					return err
+					// One backend failing (a peer whose waiters time out
+					// under 64 processes, say) must not end the run: note
+					// it, leave its row out, and go on.
+					fmt.Fprintf(stderr, "lockbench: %s, %s: %v\n", name, r.backends[i], err)
+					rep.Notes = append(rep.Notes,
+						fmt.Sprintf("%s: %s did not complete: %v", name, r.backends[i], err))
+					continue
 				}
 				byBackend[i] = append(byBackend[i], res)
 			}
 		}
 		for _, rounds := range byBackend {
-			rep.Results = append(rep.Results, harness.Median(rounds))
+			if len(rounds) > 0 {
+				rep.Results = append(rep.Results, harness.Median(rounds))
+			}
 		}
 	}
 	prog.done()
