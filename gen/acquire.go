@@ -33,6 +33,8 @@ const AcquireSource = `-- name: acquire
 --     fence counter KEYS[2], leave the line; reply {1, new fence, ttl, 0}.
 --   - lock holds this token (a retried acquire, or a waiter granted the key
 --     by a release): reset its TTL to ttl; reply {1, current fence, ttl, 0}.
+--   - this token gave its place up (a release with it) and that place has
+--     not lapsed yet: change nothing; reply {0, 0, holder's PTTL, 0}.
 --   - otherwise: if the lock is free, hand it to the line's head first (as
 --     release does). With line ttl 0 change nothing else and reply {0, 0,
 --     holder's PTTL, 0}; else join the line at its tail, or keep this
@@ -212,7 +214,7 @@ redis.call('PEXPIRE', LA, keep)
 return {0, 0, pttl, redis.call('ZRANK', L, token) + 1}`
 
 // AcquireSHA1 is the SHA1 of AcquireSource, as SCRIPT LOAD replies it.
-const AcquireSHA1 = "406d5084ed7fcf338ac9cd0b5d2c5654d75f9aa9"
+const AcquireSHA1 = "b960ebf69921294a8b12b7f087c4ed89d074ce9f"
 
 var acquireScript = rueidis.NewLuaScript(AcquireSource)
 

@@ -23,7 +23,8 @@ const ReleaseSource = `-- name: release
 --
 -- Protocol 2 (scripts/README.md, "The line"). Releases the lock KEYS[1] if
 -- the token ARGV[1] holds it (compare-and-delete), else takes the token out of
--- the key's line (a waiter that gave up). Whenever the lock is then free and
+-- the key's line (a waiter that gave up; its token is marked "gone" until
+-- its place would have lapsed). Whenever the lock is then free and
 -- the line has a live head, the key goes to the head: the lock is set to the
 -- head's token with the head's ttl, the fence counter KEYS[2] grows, and
 -- "fence ttl token" is published on the head's channel unless that is ARGV[2]
@@ -114,7 +115,7 @@ end
 return {released, false, 0, 0}`
 
 // ReleaseSHA1 is the SHA1 of ReleaseSource, as SCRIPT LOAD replies it.
-const ReleaseSHA1 = "fc251e331c3b5e8c2763c899f3653ea9cfba0f8b"
+const ReleaseSHA1 = "6e672e7462ba926c945815999158c76a0dd80397"
 
 var releaseScript = rueidis.NewLuaScript(ReleaseSource)
 

@@ -18,6 +18,8 @@
 --     fence counter KEYS[2], leave the line; reply {1, new fence, ttl, 0}.
 --   - lock holds this token (a retried acquire, or a waiter granted the key
 --     by a release): reset its TTL to ttl; reply {1, current fence, ttl, 0}.
+--   - this token gave its place up (a release with it) and that place has
+--     not lapsed yet: change nothing; reply {0, 0, holder's PTTL, 0}.
 --   - otherwise: if the lock is free, hand it to the line's head first (as
 --     release does). With line ttl 0 change nothing else and reply {0, 0,
 --     holder's PTTL, 0}; else join the line at its tail, or keep this

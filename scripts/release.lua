@@ -9,7 +9,8 @@
 --
 -- Protocol 2 (scripts/README.md, "The line"). Releases the lock KEYS[1] if
 -- the token ARGV[1] holds it (compare-and-delete), else takes the token out of
--- the key's line (a waiter that gave up). Whenever the lock is then free and
+-- the key's line (a waiter that gave up; its token is marked "gone" until
+-- its place would have lapsed). Whenever the lock is then free and
 -- the line has a live head, the key goes to the head: the lock is set to the
 -- head's token with the head's ttl, the fence counter KEYS[2] grows, and
 -- "fence ttl token" is published on the head's channel unless that is ARGV[2]

@@ -42,6 +42,8 @@ redis.register_function{
 --     fence counter KEYS[2], leave the line; reply {1, new fence, ttl, 0}.
 --   - lock holds this token (a retried acquire, or a waiter granted the key
 --     by a release): reset its TTL to ttl; reply {1, current fence, ttl, 0}.
+--   - this token gave its place up (a release with it) and that place has
+--     not lapsed yet: change nothing; reply {0, 0, holder's PTTL, 0}.
 --   - otherwise: if the lock is free, hand it to the line's head first (as
 --     release does). With line ttl 0 change nothing else and reply {0, 0,
 --     holder's PTTL, 0}; else join the line at its tail, or keep this
@@ -304,7 +306,8 @@ redis.register_function{
 --
 -- Protocol 2 (scripts/README.md, "The line"). Releases the lock KEYS[1] if
 -- the token ARGV[1] holds it (compare-and-delete), else takes the token out of
--- the key's line (a waiter that gave up). Whenever the lock is then free and
+-- the key's line (a waiter that gave up; its token is marked "gone" until
+-- its place would have lapsed). Whenever the lock is then free and
 -- the line has a live head, the key goes to the head: the lock is set to the
 -- head's token with the head's ttl, the fence counter KEYS[2] grows, and
 -- "fence ttl token" is published on the head's channel unless that is ARGV[2]
