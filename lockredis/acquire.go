@@ -169,19 +169,27 @@ func (m *Manager) wait(ctx context.Context, w *waiter) (lock.Lease, error) {
 			return nil, lock.ErrClosed
 		}
 		// Handed the key by a release (deliver took w off the registry).
+		// The lease's TTL started no earlier than l.sent.
 		l.fence, l.sent = g.fence, w.since
 		if g.sent.After(l.sent) {
 			l.sent = g.sent
 		}
-		ok, err := m.confirm(ctx, w, g)
-		if err != nil {
-			m.giveUp(w)
-			return nil, m.acquireErr(ctx, l.key, err)
-		}
-		if ok {
+		if m.waitN > 0 {
+			// Replicas must acknowledge the hand-off too.
+			if _, err := m.refreshReplicated(ctx, l, w.ttl); err != nil {
+				m.giveUp(w)
+				return nil, m.acquireErr(ctx, l.key, err)
+			}
 			return l, nil
 		}
-		m.register(w) // the hand-off was too old to trust: back in line
+		if time.Since(l.sent) < g.ttl/2 {
+			return l, nil
+		}
+		// Half the TTL or more may be gone (a long sleep before the
+		// hand-off, a stall, a delayed push): too old to trust. The next
+		// attempt, with the same token, finds the key held by it (and
+		// restarts its TTL) or puts the waiter back in line.
+		m.register(w)
 	}
 }
 
@@ -209,34 +217,6 @@ func (m *Manager) sleepFor(res gen.AcquireResult, backoff *time.Duration) time.D
 	return d
 }
 
-// confirm decides whether a hand-off can be returned as it is. The lease's
-// TTL started no earlier than l.sent; when that is half the TTL ago or more
-// (the waiter slept long before the hand-off, or was stalled, or the push
-// was delayed), the lease may be about to end or over: the waiter asks Redis
-// again with its token, which also restarts the TTL. With Options.WaitReplicas the hand-off is
-// confirmed by a refresh that replicas must acknowledge. ok false means the
-// waiter is in line again.
-func (m *Manager) confirm(ctx context.Context, w *waiter, g grant) (bool, error) {
-	l := w.l
-	if m.waitN > 0 {
-		_, err := m.refreshReplicated(ctx, l, w.ttl)
-		return err == nil, err
-	}
-	if time.Since(l.sent) < g.ttl/2 {
-		return true, nil
-	}
-	sent := time.Now()
-	res, err := m.attempt(ctx, l, w.ttl, m.lineTTL)
-	if err != nil {
-		return false, err
-	}
-	if res.Acquired {
-		l.fence, l.sent = res.Fence, sent
-		return true, nil
-	}
-	return false, nil
-}
-
 // attempt runs the acquire script once for l; lineTTL 0 never joins the
 // line. With Options.WaitReplicas the script and WAIT go in one batch.
 func (m *Manager) attempt(ctx context.Context, l *Lease, ttl, lineTTL time.Duration) (
@@ -244,10 +224,7 @@ func (m *Manager) attempt(ctx context.Context, l *Lease, ttl, lineTTL time.Durat
 	if m.waitN > 0 {
 		return m.acquireReplicated(ctx, l, ttl, lineTTL)
 	}
-	k := &l.k
-	res, err := gen.Acquire(ctx, m.client,
-		gen.AcquireKeys{LockKey: k.lock, FenceKey: k.fence, LineKey: k.line,
-			LineDeadlinesKey: k.lineDeadlines, LineArgsKey: k.lineArgs},
+	res, err := gen.Acquire(ctx, m.client, l.k,
 		gen.AcquireArgs{Token: string(l.token), TTL: ttl, LineTTL: lineTTL, Channel: m.channel})
 	if err != nil && m.closed.Load() {
 		return res, lock.ErrClosed
@@ -317,20 +294,16 @@ func (m *Manager) undo(l *Lease) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
-	_, err := m.release(ctx, l, time.Now())
+	_, err := m.release(ctx, l)
 	return err
 }
 
 // release runs the release script for l's token, and if the script handed
 // the key to a waiter of this Manager (it publishes to everyone else),
-// delivers the hand-off; sent is when the call started.
-func (m *Manager) release(ctx context.Context, l *Lease, sent time.Time) (
-	gen.ReleaseResult, error) {
-	k := &l.k
-	res, err := gen.Release(ctx, m.client,
-		gen.ReleaseKeys{LockKey: k.lock, FenceKey: k.fence, LineKey: k.line,
-			LineDeadlinesKey: k.lineDeadlines, LineArgsKey: k.lineArgs},
-		string(l.token), m.channel)
+// delivers the hand-off, stamped with when the release was sent.
+func (m *Manager) release(ctx context.Context, l *Lease) (gen.ReleaseResult, error) {
+	sent := time.Now()
+	res, err := gen.Release(ctx, m.client, gen.ReleaseKeys(l.k), string(l.token), m.channel)
 	if err == nil && res.Handed {
 		m.deliver(lock.Token(res.Next), grant{fence: res.Fence, ttl: res.TTL, sent: sent})
 	}

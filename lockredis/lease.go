@@ -22,7 +22,7 @@ import (
 type Lease struct {
 	m     *Manager
 	key   string
-	k     keys
+	k     gen.AcquireKeys // its five Redis names
 	token lock.Token
 	fence uint64
 	sent  time.Time // no later than when the lease's TTL started on the server
@@ -116,7 +116,7 @@ func (l *Lease) Refresh(ctx context.Context, ttl time.Duration) error {
 	if m.waitN > 0 {
 		res, err = m.refreshReplicated(ctx, l, ttl)
 	} else {
-		res, err = gen.Refresh(ctx, m.client, l.k.lock, string(l.token), ttl)
+		res, err = gen.Refresh(ctx, m.client, l.k.LockKey, string(l.token), ttl)
 	}
 	if err != nil && !res.Refreshed {
 		return fmt.Errorf("lockredis: refresh %q: %w", l.key, m.mapErr(err))
@@ -160,7 +160,7 @@ func (l *Lease) Release(ctx context.Context) error {
 	l.readMu.Lock() // waits for a watch read in flight, if any
 	l.releasing.Store(true)
 	l.readMu.Unlock()
-	_, err := m.release(ctx, l, time.Now())
+	_, err := m.release(ctx, l)
 	if err != nil {
 		l.releasing.Store(false)
 		if w := l.watch.Load(); w != nil {
@@ -210,9 +210,9 @@ func (l *Lease) Lost() <-chan struct{} {
 		w.cancel()
 		return w.lost
 	}
-	s := m.shard(l.k.lock)
+	s := m.shard(l.k.LockKey)
 	s.mu.Lock()
-	s.keys[l.k.lock] = append(s.keys[l.k.lock], w)
+	s.keys[l.k.LockKey] = append(s.keys[l.k.LockKey], w)
 	s.mu.Unlock()
 	if !m.goBackground(func() { m.watchLoop(w) }) {
 		m.dropWatch(w)
@@ -286,7 +286,7 @@ func (m *Manager) pokeAllWatches() {
 }
 
 func (m *Manager) dropWatch(w *watch) {
-	k := w.l.k.lock
+	k := w.l.k.LockKey
 	s := m.shard(k)
 	s.mu.Lock()
 	ws := s.keys[k]
@@ -385,14 +385,14 @@ func (m *Manager) watchLoop(w *watch) {
 // invalidation is still on its way), so that answer is checked with an
 // uncached read, sent after l was won and so ordered after it.
 func (m *Manager) seemsLost(l *Lease) (bool, error) {
-	ins, err := gen.InspectCache(m.ctx, m.client, l.k.lock, inspectCacheTTL)
+	ins, err := gen.InspectCache(m.ctx, m.client, l.k.LockKey, inspectCacheTTL)
 	if err != nil {
 		return false, err
 	}
 	if ins.Held && ins.Token == string(l.token) {
 		return false, nil
 	}
-	ins, err = gen.Inspect(m.ctx, m.client, l.k.lock)
+	ins, err = gen.Inspect(m.ctx, m.client, l.k.LockKey)
 	if err != nil {
 		return false, err
 	}

@@ -57,6 +57,7 @@ import (
 	"time"
 
 	"github.com/klauthed/lock"
+	"github.com/klauthed/lock/gen"
 	"github.com/redis/rueidis"
 )
 
@@ -428,14 +429,10 @@ func writeName(b *strings.Builder, prefix, key, suffix string) {
 	b.WriteString(suffix)
 }
 
-// keys is the set of Redis names of one user key, as the scripts take them.
-type keys struct {
-	lock, fence, line, lineDeadlines, lineArgs string
-}
-
-func (m *Manager) keys(key string) keys {
-	// One allocation: the lock and line names are prefixes of the
-	// deadlines name, and the fence and args names follow it.
+// keys returns the five Redis names of key, as the scripts take them, in one
+// allocation: the lock and line names are prefixes of the deadlines name,
+// and the fence and args names follow it.
+func (m *Manager) keys(key string) gen.AcquireKeys {
 	const dl, fence, args = ":line:deadlines", ":fence", ":line:args"
 	var b strings.Builder
 	b.Grow(3*(len(m.prefix)+len(key)+5) + len(dl) + len(fence) + len(args))
@@ -446,12 +443,12 @@ func (m *Manager) keys(key string) keys {
 	writeName(&b, m.prefix, key, args)
 	all := b.String()
 	n := f - len(dl)
-	return keys{
-		lock:          all[:n],
-		line:          all[:n+len(":line")],
-		lineDeadlines: all[:f],
-		fence:         all[f:a],
-		lineArgs:      all[a:],
+	return gen.AcquireKeys{
+		LockKey:          all[:n],
+		LineKey:          all[:n+len(":line")],
+		LineDeadlinesKey: all[:f],
+		FenceKey:         all[f:a],
+		LineArgsKey:      all[a:],
 	}
 }
 

@@ -46,14 +46,14 @@ func (m *Manager) notReplicated(wait *gen.Pending[rueidis.RedisResult]) error {
 // batch on one connection (gen.Batch handles NOSCRIPT). When the script
 // took the lock but WAIT reports fewer than waitN acknowledgements, or
 // failed, it releases the lock (bounded by CleanupTimeout) before returning
-// the error. A batch that did not take the lock
-// returns its result and ignores WAIT's reply.
+// the error. A batch that did not take the lock returns its result and
+// ignores WAIT's reply.
 func (m *Manager) acquireReplicated(ctx context.Context, l *Lease, ttl, lineTTL time.Duration) (
 	gen.AcquireResult, error) {
-	k, b := &l.k, gen.NewBatch(m.client)
-	acq := b.Acquire(gen.AcquireKeys{LockKey: k.lock, FenceKey: k.fence, LineKey: k.line,
-		LineDeadlinesKey: k.lineDeadlines, LineArgsKey: k.lineArgs},
-		gen.AcquireArgs{Token: string(l.token), TTL: ttl, LineTTL: lineTTL, Channel: m.channel})
+	b := gen.NewBatch(m.client)
+	acq := b.Acquire(l.k, gen.AcquireArgs{
+		Token: string(l.token), TTL: ttl, LineTTL: lineTTL, Channel: m.channel,
+	})
 	wait := b.Add(m.waitCmd())
 	b.Do(ctx)
 	r, err := acq.Result()
@@ -74,7 +74,7 @@ func (m *Manager) acquireReplicated(ctx context.Context, l *Lease, ttl, lineTTL 
 func (m *Manager) refreshReplicated(ctx context.Context, l *Lease, ttl time.Duration) (
 	gen.RefreshResult, error) {
 	b := gen.NewBatch(m.client)
-	ref := b.Refresh(l.k.lock, string(l.token), ttl)
+	ref := b.Refresh(l.k.LockKey, string(l.token), ttl)
 	wait := b.Add(m.waitCmd())
 	b.Do(ctx)
 	r, err := ref.Result()
