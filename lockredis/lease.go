@@ -327,44 +327,46 @@ func (m *Manager) watchLoop(w *watch) {
 		if w.ctx.Err() != nil {
 			return
 		}
+		// The read is sent on the Manager's context, not the watch's:
+		// stopping a watch (at Release) must not cancel a request in flight
+		// on the shared connection, which rueidis may answer by dropping it.
+		var lost bool
+		var err error
 		l.readMu.RLock()
-		if !l.releasing.Load() {
-			// On the Manager's context, not the watch's: stopping a watch
-			// (at Release) must not cancel a request in flight on the
-			// shared connection, which rueidis may answer by dropping it.
-			lost, err := m.seemsLost(l)
-			l.readMu.RUnlock()
-			if w.ctx.Err() != nil {
-				return
-			}
-			switch {
-			case l.releasing.Load():
-				// Our own Release is under way: its write is no loss. If
-				// it fails, it pokes the watch to look again.
-			case err == nil && lost:
-				w.markLost()
-				return
-			case err == nil:
-				backoff = 0
-			case refused(err):
-				// Redis will not answer this read (NOPERM for the
-				// script, an unknown command): asking again helps
-				// nobody. Refresh still finds a loss.
-				return
-			default:
-				// Redis unreachable for now (restarting, reconnecting):
-				// look again soon; a reconnect also pokes.
-				backoff = min(max(2*backoff, m.minBO), m.maxBO)
-				if retry == nil {
-					retry = time.NewTimer(backoff)
-				} else {
-					retry.Reset(backoff)
-				}
-				retryC = retry.C
-			}
-		} else {
-			l.readMu.RUnlock()
+		releasing := l.releasing.Load()
+		if !releasing {
+			lost, err = m.seemsLost(l)
 		}
+		l.readMu.RUnlock()
+		if w.ctx.Err() != nil {
+			return
+		}
+		switch {
+		case releasing || l.releasing.Load():
+			// Our own Release is under way: its write is no loss. If it
+			// fails, it pokes the watch to look again.
+		case err == nil && lost:
+			w.markLost()
+			return
+		case err == nil:
+			backoff = 0
+		case refused(err):
+			// Redis will not answer this read (NOPERM for the script, an
+			// unknown command): asking again helps nobody. Refresh still
+			// finds a loss.
+			return
+		default:
+			// Redis unreachable for now (restarting, reconnecting): look
+			// again soon; a reconnect also pokes.
+			backoff = min(max(2*backoff, m.minBO), m.maxBO)
+			if retry == nil {
+				retry = time.NewTimer(backoff)
+			} else {
+				retry.Reset(backoff)
+			}
+			retryC = retry.C
+		}
+		// Stopped meanwhile? Then stop, even if a ping is pending too.
 		select {
 		case <-w.ctx.Done():
 			return
