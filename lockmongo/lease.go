@@ -101,7 +101,7 @@ func (l *Lease) sentOnce(t time.Time) {
 // is either the old one or the new one).
 func (l *Lease) Refresh(ctx context.Context, ttl time.Duration) error {
 	if l == nil {
-		return fmt.Errorf("%w: nil lease", lock.ErrNotHeld)
+		return fmt.Errorf("lockmongo: nil lease: %w", lock.ErrNotHeld)
 	}
 	if err := lock.ValidateContext(ctx); err != nil {
 		return fmt.Errorf("lockmongo: refresh %q: %w", l.key, err)
@@ -116,7 +116,7 @@ func (l *Lease) Refresh(ctx context.Context, ttl time.Duration) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.released.Load() {
-		return fmt.Errorf("%w: key %q: released", lock.ErrNotHeld, l.key)
+		return fmt.Errorf("lockmongo: key %q: released: %w", l.key, lock.ErrNotHeld)
 	}
 	start := time.Now()
 	_, hi := m.bounds()
@@ -124,7 +124,7 @@ func (l *Lease) Refresh(ctx context.Context, ttl time.Duration) error {
 		// It may have ended on the server: another Manager may hold the
 		// key now. Give it up.
 		m.releaseLocked(ctx, l)
-		return fmt.Errorf("%w: key %q: expired", lock.ErrNotHeld, l.key)
+		return fmt.Errorf("lockmongo: key %q: expired: %w", l.key, lock.ErrNotHeld)
 	}
 	exp := hi.Add(ttl)
 	ok, err := m.setByID(ctx, leaseID(l.key, l.n), bson.D{{Key: fExp, Value: date(exp)}})
@@ -135,7 +135,7 @@ func (l *Lease) Refresh(ctx context.Context, ttl time.Duration) error {
 		// The update may have landed after the lease ended, when another
 		// Manager could already have taken the key: not held.
 		m.releaseLocked(ctx, l)
-		return fmt.Errorf("%w: key %q", lock.ErrNotHeld, l.key)
+		return fmt.Errorf("lockmongo: key %q: %w", l.key, lock.ErrNotHeld)
 	}
 	l.exp = exp
 	s := m.shard(l.key)

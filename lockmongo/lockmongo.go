@@ -469,5 +469,5 @@ func isCtxErr(err error) bool {
 }
 
 func notAcquired(key string, cerr error) error {
-	return fmt.Errorf("%w: key %q: %w", lock.ErrNotAcquired, key, cerr)
+	return fmt.Errorf("lockmongo: key %q: %w: %w", key, lock.ErrNotAcquired, cerr)
 }

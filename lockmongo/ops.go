@@ -46,7 +46,7 @@ func leaseID(key string, n int64) string  { return seqID(pLease, key, n) }
 func ticketID(key string, s int64) string { return seqID(pTicket, key, s) }
 
 // errBadDoc is wrapped by the parse errors.
-var errBadDoc = errors.New("lock document of the wrong shape")
+var errBadDoc = errors.New("lockmongo: lock document of the wrong shape")
 
 func lookup(raw bson.Raw, f string, t bson.Type, what string) (bson.RawValue, error) {
 	v, err := raw.LookupErr(f)
