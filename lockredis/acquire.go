@@ -69,8 +69,8 @@ func (m *Manager) TryAcquire(ctx context.Context, key string, ttl time.Duration)
 // lock.ErrClosed. Bad input and backend failures are returned as by
 // TryAcquire: a failure of the first attempt, an error reply from Redis, and
 // ErrNotReplicated end the wait; once in line, a waiter rides out lost
-// connections (retrying with backoff, MinBackoff to MaxBackoff) until ctx
-// ends.
+// connections and a server that is loading, busy or failing over (retrying
+// with backoff, MinBackoff to MaxBackoff) until ctx ends.
 func (m *Manager) Acquire(ctx context.Context, key string, ttl time.Duration) (lock.Lease, error) {
 	l, err := m.newLease(ctx, key, ttl)
 	if err != nil {
@@ -130,7 +130,7 @@ func (m *Manager) wait(ctx context.Context, w *waiter) (lock.Lease, error) {
 		res, err := m.attempt(ctx, l, w.ttl, m.lineTTL)
 		var d time.Duration
 		switch {
-		case err != nil && (first || !transient(err) || ctx.Err() != nil || m.closed.Load()):
+		case err != nil && (first || !retryable(err) || ctx.Err() != nil || m.closed.Load()):
 			m.giveUp(w)
 			return nil, m.acquireErr(ctx, l.key, err)
 		case err != nil:
@@ -193,11 +193,29 @@ func (m *Manager) wait(ctx context.Context, w *waiter) (lock.Lease, error) {
 	}
 }
 
-// transient reports whether err is a connection error that a retry on a
-// new connection may not meet: not an error reply from Redis.
-func transient(err error) bool {
-	_, isReply := rueidis.IsRedisErr(err)
-	return !isReply && !isCtxErr(err) && !errors.Is(err, lock.ErrClosed)
+// retryable reports whether a call that failed with err may succeed if it
+// is sent again: a lost connection, a deadline of the call's own, or the
+// reply of a server that is loading, busy, failing over or resharding. Any
+// other reply from Redis (NOPERM, WRONGTYPE, an unknown command) will not
+// change, and a closed Manager stays closed. The wait, the background undo
+// and the lease watch all decide with it.
+func retryable(err error) bool {
+	if errors.Is(err, lock.ErrClosed) {
+		return false
+	}
+	re, ok := rueidis.IsRedisErr(err)
+	if !ok {
+		return true
+	}
+	if re.IsLoading() || re.IsTryAgain() || re.IsClusterDown() {
+		return true
+	}
+	for _, p := range [...]string{"BUSY", "MASTERDOWN", "READONLY", "MOVED", "ASK"} {
+		if strings.HasPrefix(re.Error(), p) {
+			return true
+		}
+	}
+	return false
 }
 
 // sleepFor is how long a waiter sleeps before it tries again unless a
@@ -270,8 +288,7 @@ func (m *Manager) releaseLater(l *Lease, ttl time.Duration) {
 		backoff := m.minBO
 		for {
 			err := m.undo(l)
-			_, isReply := rueidis.IsRedisErr(err)
-			if err == nil || isReply || time.Now().After(until) {
+			if err == nil || !retryable(err) || time.Now().After(until) {
 				return // done, or refused for good, or moot
 			}
 			if !m.sleep(backoff) {

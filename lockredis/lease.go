@@ -4,14 +4,12 @@ import (
 	"context"
 	"fmt"
 	"hash/maphash"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/klauthed/lock"
 	"github.com/klauthed/lock/gen"
-	"github.com/redis/rueidis"
 )
 
 // Lease is one acquisition of a key on a Manager, returned as lock.Lease by
@@ -350,7 +348,7 @@ func (m *Manager) watchLoop(w *watch) {
 			return
 		case err == nil:
 			backoff = 0
-		case refused(err):
+		case !retryable(err):
 			// Redis will not answer this read (NOPERM for the script, an
 			// unknown command): asking again helps nobody. Refresh still
 			// finds a loss.
@@ -399,23 +397,4 @@ func (m *Manager) seemsLost(l *Lease) (bool, error) {
 		return false, err
 	}
 	return !ins.Held || ins.Token != string(l.token), nil
-}
-
-// refused reports whether err is an error reply that asking again will not
-// change: anything but the replies of a server that is busy, loading,
-// failing over or resharding.
-func refused(err error) bool {
-	re, ok := rueidis.IsRedisErr(err)
-	if !ok {
-		return false
-	}
-	if re.IsLoading() || re.IsTryAgain() || re.IsClusterDown() {
-		return false
-	}
-	for _, p := range [...]string{"BUSY", "MASTERDOWN", "READONLY", "MOVED", "ASK"} {
-		if strings.HasPrefix(re.Error(), p) {
-			return false
-		}
-	}
-	return true
 }
