@@ -79,12 +79,12 @@ end
 
 -- lineRead reads each line key once, so that a key of the wrong type fails
 -- the call before it writes anything (scripts are not rolled back); it
--- replies this token's deadline in the line (or nil) and its args ("gone"
--- once a release with it gave its place up).
+-- replies this token's deadline in the line (or nil), its args ("gone"
+-- once a release with it gave its place up) and whether it is in line.
 local function lineRead()
-  redis.call('ZSCORE', L, token)
+  local inline = redis.call('ZSCORE', L, token)
   local a = redis.call('HGET', LA, token)
-  return tonumber(redis.call('ZSCORE', LD, token)), a
+  return tonumber(redis.call('ZSCORE', LD, token)), a, inline
 end
 
 -- fenceRead checks, before anything is written, that INCR of the fence
@@ -158,8 +158,8 @@ if not holder and redis.call('EXISTS', LA) == 0 then
   return {1, fence, ms, 0}
 end
 -- A TryAcquire of a held key (line ttl 0) writes nothing and reads no line.
-local deadline, args = nil, nil
-if not holder or lms ~= 0 then deadline, args = lineRead() end
+local deadline, args, inline = nil, nil, nil
+if not holder or lms ~= 0 then deadline, args, inline = lineRead() end
 local t = nil
 if args == 'gone' then
   t = now()
@@ -182,6 +182,8 @@ if not holder then
   end
   -- The key is free but others were here first: it is the head's.
   grant(h, httl, hch)
+  inline = redis.call('ZSCORE', L, token)
+  args = redis.call('HGET', LA, token)
 end
 local pttl = redis.call('PTTL', KEYS[1])
 if lms == 0 then
@@ -196,15 +198,19 @@ end
 -- An entry not kept alive lost its place, even if no call dropped it yet.
 if deadline and deadline <= t then
   leave(token)
+  inline, args = nil, nil
 end
-if not redis.call('ZSCORE', L, token) then
+if not inline then
   local last = redis.call('ZRANGE', L, -1, -1, 'WITHSCORES')
   local seq = 1
   if last[2] then seq = tonumber(last[2]) + 1 end
   redis.call('ZADD', L, seq, token)
 end
 redis.call('ZADD', LD, t + lms, token)
-redis.call('HSET', LA, token, ttl .. ' ' .. channel)
+local want = ttl .. ' ' .. channel
+if args ~= want then
+  redis.call('HSET', LA, token, want)
+end
 -- The line's keys live as long as its longest-lived entry.
 local maxd = tonumber(redis.call('ZRANGE', LD, -1, -1, 'WITHSCORES')[2])
 local keep = math.max(maxd - t, 1)
@@ -214,7 +220,7 @@ redis.call('PEXPIRE', LA, keep)
 return {0, 0, pttl, redis.call('ZRANK', L, token) + 1}`
 
 // AcquireSHA1 is the SHA1 of AcquireSource, as SCRIPT LOAD replies it.
-const AcquireSHA1 = "b960ebf69921294a8b12b7f087c4ed89d074ce9f"
+const AcquireSHA1 = "bfc6b6a2eb524863004889117d11f51c48a21a56"
 
 var acquireScript = rueidis.NewLuaScript(AcquireSource)
 

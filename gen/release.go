@@ -42,14 +42,6 @@ local L, LD, LA = KEYS[3], KEYS[4], KEYS[5]
 local holder = redis.call('GET', KEYS[1])
 local released = 0
 if holder == token then released = 1 end
--- Fast path: nobody waits (the line args hash holds every place in line, and
--- every token that gave its place up, until it lapses).
-if redis.call('EXISTS', LA) == 0 then
-  if released == 1 then
-    redis.call('DEL', KEYS[1])
-  end
-  return {released, false, 0, 0}
-end
 
 local function leave(t)
   redis.call('ZREM', L, t)
@@ -57,65 +49,99 @@ local function leave(t)
   redis.call('HDEL', LA, t)
 end
 
--- giveUp takes a waiting token out of the line and marks it "gone" until
--- its place would have lapsed, so that an acquire with it that arrives
--- late (sent before the release, delayed on another connection) does not
--- bring it back.
-local function giveUp(t, deadline)
-  redis.call('ZREM', L, t)
-  if deadline then
-    redis.call('HSET', LA, t, 'gone')
-  else
-    leave(t)
+-- head finds the line's first live entry, skipping (and then dropping)
+-- entries whose deadline passed, at most 64 of them; it replies its token,
+-- args ("ttl channel"), or nil, and the lapsed tokens it skipped. It
+-- writes nothing.
+local function head()
+  local lapsed, now = {}, nil
+  local h, a = nil, nil
+  for i = 0, 64 do
+    h = redis.call('ZRANGE', L, i, i)[1]
+    if not h then break end
+    if not now then
+      local tm = redis.call('TIME')
+      now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
+    end
+    local d = tonumber(redis.call('ZSCORE', LD, h))
+    a = redis.call('HGET', LA, h)
+    if d and d > now and a and a ~= 'gone' then
+      return h, a, lapsed
+    end
+    lapsed[#lapsed + 1] = h
   end
+  return nil, nil, lapsed
 end
+
+-- hand sets the free (or released) lock to the head h's token with its ttl,
+-- allocates its fence and publishes "fence ttl token" on its channel unless
+-- that is the caller's. The fence INCR is its first write.
+local function hand(h, a, lapsed)
+  local sp = string.find(a, ' ', 1, true)
+  local httl, hch = string.sub(a, 1, sp - 1), string.sub(a, sp + 1)
+  local fence = redis.pcall('INCR', KEYS[2])
+  if type(fence) == 'table' then
+    if string.find(fence.err or '', 'WRONGTYPE', 1, true) then return fence end
+    return redis.error_reply('ERR fence key holds a value that is not an integer')
+  end
+  redis.call('SET', KEYS[1], h, 'PX', httl)
+  leave(h)
+  for i = 1, #lapsed do leave(lapsed[i]) end
+  if hch ~= '' and hch ~= channel then
+    redis.call('PUBLISH', hch, string.format('%d', fence) .. ' ' .. httl .. ' ' .. h)
+  end
+  return {released, h, fence, tonumber(httl)}
+end
+
+-- The holder's release (the hot path): hand the key to the line's live
+-- head, or delete it. A holder is never in its key's line.
+if released == 1 then
+  local h, a, lapsed = head()
+  if h then return hand(h, a, lapsed) end
+  for i = 1, #lapsed do leave(lapsed[i]) end
+  redis.call('DEL', KEYS[1])
+  return {1, false, 0, 0}
+end
+
+-- Not the holder: a waiter that gives up, or a late or repeated release.
 -- Read every key this call may write before writing any, so that a key of
 -- the wrong type fails the call with nothing written (scripts are not
 -- rolled back).
 local queued = redis.call('ZSCORE', L, token)
 local deadline = redis.call('ZSCORE', LD, token)
 queued = redis.call('HGET', LA, token) or deadline or queued
-if holder and released == 0 then
-  if queued then giveUp(token, deadline) end
+if not queued and (holder or redis.call('EXISTS', L) == 0) then
   return {0, false, 0, 0}
 end
+-- giveUp takes the waiting token out of the line and marks it "gone" until
+-- its place would have lapsed, so that an acquire with it that arrives
+-- late (sent before the release, delayed on another connection) does not
+-- bring it back.
+local function giveUp()
+  redis.call('ZREM', L, token)
+  if deadline then
+    redis.call('HSET', LA, token, 'gone')
+  else
+    leave(token)
+  end
+end
+if holder then
+  giveUp()
+  return {0, false, 0, 0}
+end
+-- The lock is free: does anyone else wait?
 local f = redis.call('GET', KEYS[2])
 if f and f ~= '0' and not string.match(f, '^%-?[1-9]%d*$') then
   return redis.error_reply('ERR fence key holds a value that is not an integer')
 end
-if queued then
-  if released == 1 then leave(token) else giveUp(token, deadline) end
-end
--- The lock is free, or ours to give: does anyone wait?
-local tm = redis.call('TIME')
-local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
-local dead = redis.call('ZRANGEBYSCORE', LD, '-inf', now, 'LIMIT', 0, 64)
-for i = 1, #dead do leave(dead[i]) end
-for _ = 1, 64 do
-  local h = redis.call('ZRANGE', L, 0, 0)[1]
-  if not h then break end
-  local d = tonumber(redis.call('ZSCORE', LD, h))
-  local a = redis.call('HGET', LA, h)
-  if d and d > now and a then
-    local sp = string.find(a, ' ', 1, true)
-    local httl, hch = string.sub(a, 1, sp - 1), string.sub(a, sp + 1)
-    local fence = redis.call('INCR', KEYS[2])
-    redis.call('SET', KEYS[1], h, 'PX', httl)
-    leave(h)
-    if hch ~= '' and hch ~= channel then
-      redis.call('PUBLISH', hch, string.format('%d', fence) .. ' ' .. httl .. ' ' .. h)
-    end
-    return {released, h, fence, tonumber(httl)}
-  end
-  leave(h)
-end
-if released == 1 then
-  redis.call('DEL', KEYS[1])
-end
-return {released, false, 0, 0}`
+if queued then giveUp() end
+local h, a, lapsed = head()
+if h then return hand(h, a, lapsed) end
+for i = 1, #lapsed do leave(lapsed[i]) end
+return {0, false, 0, 0}`
 
 // ReleaseSHA1 is the SHA1 of ReleaseSource, as SCRIPT LOAD replies it.
-const ReleaseSHA1 = "6e672e7462ba926c945815999158c76a0dd80397"
+const ReleaseSHA1 = "b7ff16a8a0d49f228d8e8adae376e70753421c71"
 
 var releaseScript = rueidis.NewLuaScript(ReleaseSource)
 
