@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -321,8 +322,13 @@ func (m *Manager) undo(l *Lease) error {
 func (m *Manager) release(ctx context.Context, l *Lease) (gen.ReleaseResult, error) {
 	sent := time.Now()
 	res, err := gen.Release(ctx, m.client, gen.ReleaseKeys(l.k), string(l.token), m.channel)
-	if err == nil && res.Handed {
-		m.deliver(lock.Token(res.Next), grant{fence: res.Fence, ttl: res.TTL, sent: sent})
+	if err == nil && res.Handed &&
+		m.deliver(lock.Token(res.Next), grant{fence: res.Fence, ttl: res.TTL, sent: sent}) {
+		// Let the new holder run before this goroutine goes on (as
+		// sync.Mutex hands off in starvation mode): a caller that acquires
+		// again at once would otherwise wake rueidis's writer, which takes
+		// the processor's next slot ahead of the woken waiter.
+		runtime.Gosched()
 	}
 	return res, err
 }
@@ -369,16 +375,18 @@ func (m *Manager) unregister(w *waiter) {
 }
 
 // deliver hands a grant to the waiter with token t, if it is still
-// registered here.
-func (m *Manager) deliver(t lock.Token, g grant) {
+// registered here, and reports whether it was.
+func (m *Manager) deliver(t lock.Token, g grant) bool {
 	s := m.waiterShard(t)
 	s.mu.Lock()
-	if w := s.m[t]; w != nil {
+	w := s.m[t]
+	if w != nil {
 		w.makeWake()
 		w.wake <- wake{handed: true, grant: g}
 		delete(s.m, t) // one hand-off per place in line
 	}
 	s.mu.Unlock()
+	return w != nil
 }
 
 // pokeWaiters makes every registered waiter try again at once: Pub/Sub
@@ -406,19 +414,34 @@ func (m *Manager) start() {
 // subscribed (m.pushed), waiters sleep until a hand-off arrives; every
 // change of that state pokes them, since a push may have been lost. A
 // server or ACL that refuses SUBSCRIBE leaves the waiters polling.
+//
+// The pushes are read through PubSubHooks rather than Receive: rueidis calls
+// the hooks on the goroutine that reads the connection, while Receive hands
+// each message to a goroutine of its own first, one more wake-up on every
+// hand-off.
 func (m *Manager) subscribe() {
 	backoff := m.minBO
-	hook := func(s rueidis.PubSubSubscription) {
-		if s.Kind == "subscribe" && !m.pushed.Swap(true) {
-			m.pokeWaiters()
-		}
+	hooks := rueidis.PubSubHooks{
+		OnMessage: m.onPush,
+		OnSubscription: func(s rueidis.PubSubSubscription) {
+			if s.Kind == "subscribe" && !m.pushed.Swap(true) {
+				m.pokeWaiters()
+			}
+		},
 	}
-	ctx := rueidis.WithOnSubscriptionHook(m.ctx, hook)
 	for {
 		// On a dedicated connection: a server that cannot mix Pub/Sub with
 		// commands on one RESP3 connection (miniredis) then still works.
 		dc, release := m.client.Dedicate()
-		err := dc.Receive(ctx, dc.B().Subscribe().Channel(m.channel).Build(), m.onPush)
+		closed := dc.SetPubSubHooks(hooks)
+		err := dc.Do(m.ctx, dc.B().Subscribe().Channel(m.channel).Build()).Error()
+		if err == nil {
+			select {
+			case err = <-closed:
+			case <-m.ctx.Done():
+			}
+		}
+		dc.Close()
 		release()
 		if m.pushed.Swap(false) {
 			m.pokeWaiters()
