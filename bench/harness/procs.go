@@ -61,6 +61,9 @@ type childConfig struct {
 	WarmKey string        `json:"warm_key"`
 	TTL     time.Duration `json:"ttl_ns"`
 	Hold    time.Duration `json:"hold_ns"`
+	// Floor, when set, makes the child PushFloor's subscriber on this
+	// channel instead of a waiter.
+	Floor string `json:"floor,omitempty"`
 }
 
 // childGo is the second line a child reads, in Unix nanoseconds: contend
@@ -117,6 +120,9 @@ func RunChild(stdin io.Reader, stdout io.Writer) error {
 	var cfg childConfig
 	if err := next(&cfg); err != nil {
 		return fmt.Errorf("config: %w", err)
+	}
+	if cfg.Floor != "" {
+		return runFloorChild(cfg, gone, stdout)
 	}
 	info, err := Lookup(cfg.Backend)
 	if err != nil {

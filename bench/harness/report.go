@@ -17,9 +17,14 @@ type Report struct {
 	TargetKind string        `json:"target_kind"`
 	Version    string        `json:"redis_version,omitempty"`
 	RTT        time.Duration `json:"rtt_ns"`
-	GOMAXPROCS int           `json:"gomaxprocs"`
-	GoVersion  string        `json:"go_version"`
-	Duration   time.Duration `json:"duration_ns"`
+	// PushFloor is PushFloor's measurement (0: not measured): the least a
+	// hand-off woken by Redis takes here.
+	PushFloor time.Duration `json:"push_floor_ns,omitempty"`
+	// PushFloorProcs is the same with the subscriber in another process.
+	PushFloorProcs time.Duration `json:"push_floor_procs_ns,omitempty"`
+	GOMAXPROCS     int           `json:"gomaxprocs"`
+	GoVersion      string        `json:"go_version"`
+	Duration       time.Duration `json:"duration_ns"`
 	// Rounds is how many times each backend ran each scenario, backends
 	// taking turns (see Median); 0 or 1 means once.
 	Rounds int `json:"rounds,omitempty"`
@@ -204,8 +209,8 @@ func (r *Report) evaluatePerWaiter(
 	}
 	if l.Handoff != nil && l.Handoff.N > 0 && r.RTT > 0 {
 		x := float64(l.Handoff.P50) / float64(r.RTT)
-		add(name(gapT), x <= 1.5, true, fmt.Sprintf("%s (from Release called) vs PING p50 %s = %.2f x",
-			fmtDur(l.Handoff.P50), fmtDur(r.RTT), x))
+		add(name(gapT), x <= 1.5, true, fmt.Sprintf("%s (from Release called) vs PING p50 %s = %.2f x%s",
+			fmtDur(l.Handoff.P50), fmtDur(r.RTT), x, r.floorNote(sc, l.Handoff.P50)))
 	} else {
 		add(name(gapT), false, false, "no hand-offs measured")
 	}
@@ -329,6 +334,15 @@ func (r *Report) WriteTable(w io.Writer) error {
 	}
 	fmt.Fprintf(w, ", ttl %s\n", r.TTL)
 	fmt.Fprintf(w, "round trip: PING p50 %s (rueidis, one at a time)\n", fmtDur(r.RTT))
+	if r.PushFloor > 0 {
+		fmt.Fprintf(w, "push floor: p50 %s = %.2f x PING (a script's PUBLISH -> an idle subscriber on"+
+			" another client sees it; publisher pausing -hold between sends): no hand-off woken by"+
+			" Redis is faster here\n", fmtDur(r.PushFloor), float64(r.PushFloor)/float64(r.RTT))
+	}
+	if r.PushFloorProcs > 0 {
+		fmt.Fprintf(w, "push floor across processes: p50 %s = %.2f x PING (the same, the subscriber"+
+			" in another process)\n", fmtDur(r.PushFloorProcs), float64(r.PushFloorProcs)/float64(r.RTT))
+	}
 	var groups [][]Result
 	for _, sc := range AllScenarios {
 		groups = append(groups, r.groups(sc)...)
@@ -418,4 +432,18 @@ func (r *Report) WriteJSON(w io.Writer) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(r)
+}
+
+// floorNote puts a hand-off of scenario sc beside the push floor that
+// applies to it, if that was measured.
+func (r *Report) floorNote(sc string, handoff time.Duration) string {
+	floor := r.PushFloor
+	if sc == ContendedProcs {
+		floor = r.PushFloorProcs
+	}
+	if floor <= 0 {
+		return ""
+	}
+	return fmt.Sprintf("; push floor %s, hand-off = %.2f x floor",
+		fmtDur(floor), float64(handoff)/float64(floor))
 }

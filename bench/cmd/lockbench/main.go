@@ -250,6 +250,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	rep.Rounds = c.rounds
 	rep.ClientsDuration = c.clientsDuration
 	runs := c.runs()
+	floorChannel := c.opts.KeyPrefix + ":floor"
+	floor, err := harness.PushFloor(ctx, target, floorChannel, 1000, c.opts.Hold, false)
+	if err != nil {
+		rep.Notes = append(rep.Notes, fmt.Sprintf("push floor not measured: %v", err))
+	}
+	rep.PushFloor = floor
+	if slices.ContainsFunc(runs, func(r scenarioRun) bool { return r.scenario == harness.ContendedProcs }) {
+		floor, err := harness.PushFloor(ctx, target, floorChannel, 1000, c.opts.Hold, true)
+		if err != nil {
+			rep.Notes = append(rep.Notes, fmt.Sprintf("push floor across processes not measured: %v", err))
+		}
+		rep.PushFloorProcs = floor
+	}
 	total := 0
 	for _, r := range runs {
 		total += len(r.backends) * c.rounds
