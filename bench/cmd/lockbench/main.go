@@ -256,7 +256,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		rep.Notes = append(rep.Notes, fmt.Sprintf("push floor not measured: %v", err))
 	}
 	rep.PushFloor = floor
-	if slices.ContainsFunc(runs, func(r scenarioRun) bool { return r.scenario == harness.ContendedProcs }) {
+	procs := func(r scenarioRun) bool { return r.scenario == harness.ContendedProcs }
+	if slices.ContainsFunc(runs, procs) {
 		floor, err := harness.PushFloor(ctx, target, floorChannel, 1000, c.opts.Hold, true)
 		if err != nil {
 			rep.Notes = append(rep.Notes, fmt.Sprintf("push floor across processes not measured: %v", err))
