@@ -136,7 +136,12 @@ func (l *Lease) Refresh(ctx context.Context, ttl time.Duration) error {
 // Release gives the key up if this lease still holds it (compare-and-delete
 // on the token), handing it to the head of the key's line, if anyone waits:
 // in one script, so the next holder holds the key when Release returns. It
-// stops a watch started by Lost without reporting a loss.
+// stops a watch started by Lost without reporting a loss. When the next
+// holder is a waiter of this Manager, Release wakes it and yields the
+// processor to it (runtime.Gosched) before returning, as sync.Mutex does in
+// starvation mode: the new holder runs at once, and the caller resumes
+// after it, which in a program with every processor busy can take a
+// scheduling round.
 //
 // It is idempotent: once a Release got Redis's reply, later calls return
 // nil without I/O, and releasing a lease that expired or was taken returns
