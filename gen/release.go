@@ -40,6 +40,11 @@ end
 local L, LD, LA = KEYS[3], KEYS[4], KEYS[5]
 
 local holder = redis.call('GET', KEYS[1])
+-- Fast path first: the holder releases and nobody waits.
+if holder == token and redis.call('EXISTS', L) == 0 then
+  redis.call('DEL', KEYS[1])
+  return {1, false, 0, 0}
+end
 local released = 0
 if holder == token then released = 1 end
 
@@ -141,7 +146,7 @@ for i = 1, #lapsed do leave(lapsed[i]) end
 return {0, false, 0, 0}`
 
 // ReleaseSHA1 is the SHA1 of ReleaseSource, as SCRIPT LOAD replies it.
-const ReleaseSHA1 = "b7ff16a8a0d49f228d8e8adae376e70753421c71"
+const ReleaseSHA1 = "61094330c6a8e6f6a36b8a46624c76b846d7886a"
 
 var releaseScript = rueidis.NewLuaScript(ReleaseSource)
 

@@ -26,6 +26,11 @@ end
 local L, LD, LA = KEYS[3], KEYS[4], KEYS[5]
 
 local holder = redis.call('GET', KEYS[1])
+-- Fast path first: the holder releases and nobody waits.
+if holder == token and redis.call('EXISTS', L) == 0 then
+  redis.call('DEL', KEYS[1])
+  return {1, false, 0, 0}
+end
 local released = 0
 if holder == token then released = 1 end
 
