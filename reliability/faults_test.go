@@ -144,7 +144,15 @@ func (c *client) work(ctx context.Context, reg *fencedRegister, rng *rand.Rand) 
 				r := l.(*recLease).rec
 				held = r
 				end := time.Now().Add(hold)
-				c.setHolding(r, end)
+				// The holder stops at end or when its own context ends,
+				// whichever is first: the stalled-holder fault picks a
+				// holder by this, since one whose context ends during the
+				// stall stops for that reason (not told of a loss, rightly).
+				planned := end
+				if dl, ok := fctx.Deadline(); ok && dl.Before(planned) {
+					planned = dl
+				}
+				c.setHolding(r, planned)
 				defer c.setHolding(nil, time.Time{})
 				pause := time.NewTimer(0)
 				defer pause.Stop()
@@ -606,7 +614,8 @@ func stealFrom(t *testing.T, srv *redistest.Server, clients []*client) bool {
 }
 
 // waitForHolder returns a client that holds a lease whose critical section
-// has at least two TTLs of work left, and that lease, waiting up to d.
+// has at least two TTLs of work left before it ends or its context does, and
+// that lease, waiting up to d.
 func waitForHolder(clients []*client, d time.Duration) (*client, *leaseRec) {
 	deadline := time.Now().Add(d)
 	for time.Now().Before(deadline) {
