@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"time"
 
 	"github.com/redis/rueidis"
@@ -37,22 +36,15 @@ func PushFloor(ctx context.Context, t *Target, channel string, n int, pause time
 		return 0, err
 	}
 	defer pub.Close()
-	var seen <-chan int64
+	subscribe := floorSubscribe
 	if procs {
-		s, stop, err := floorProcess(ctx, t, channel)
-		if err != nil {
-			return 0, err
-		}
-		defer stop()
-		seen = s
-	} else {
-		s, stop, err := floorSubscribe(ctx, t, channel)
-		if err != nil {
-			return 0, err
-		}
-		defer stop()
-		seen = s
+		subscribe = floorProcess
 	}
+	seen, stop, err := subscribe(ctx, t, channel)
+	if err != nil {
+		return 0, err
+	}
+	defer stop()
 	script := rueidis.NewLuaScript("redis.call('PUBLISH', KEYS[1], ARGV[1]) return 1")
 	var h Histogram
 	timer := time.NewTimer(time.Second)
@@ -120,19 +112,9 @@ func floorProcess(ctx context.Context, t *Target, channel string) (<-chan int64,
 	if err != nil {
 		return nil, nil, err
 	}
-	cmd := exec.CommandContext(ctx, exe)
-	cmd.Env = append(os.Environ(), ChildEnv+"=1")
 	stderr := &tailBuffer{max: 4096}
-	cmd.Stderr = stderr
-	stdin, err := cmd.StdinPipe()
+	cmd, stdin, stdout, err := startSelf(ctx, exe, stderr)
 	if err != nil {
-		return nil, nil, err
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, nil, err
-	}
-	if err := cmd.Start(); err != nil {
 		return nil, nil, fmt.Errorf("start subscriber process: %w", err)
 	}
 	stop := func() {

@@ -362,17 +362,9 @@ func RunProcs(ctx context.Context, b BackendInfo, o Options) (Result, error) {
 			reported: make(chan struct{}),
 			done:     make(chan struct{}),
 		}
-		c.cmd = exec.CommandContext(ctx, exe)
-		c.cmd.Env = append(os.Environ(), ChildEnv+"=1")
-		c.cmd.Stderr = c.stderr
-		if c.stdin, err = c.cmd.StdinPipe(); err != nil {
-			return res, err
-		}
-		stdout, err := c.cmd.StdoutPipe()
+		var stdout io.Reader
+		c.cmd, c.stdin, stdout, err = startSelf(ctx, exe, c.stderr)
 		if err != nil {
-			return res, err
-		}
-		if err := c.cmd.Start(); err != nil {
 			return res, fmt.Errorf("start waiter process: %w", err)
 		}
 		children = append(children, c)
@@ -515,6 +507,27 @@ func mergeAcquisitions(res *Result, perWaiter [][]childLine, start, stop int64) 
 	h := percentiles(&gap)
 	res.Handoff = &h
 	res.Jain = Jain(res.Counts)
+}
+
+// startSelf starts exe again as a child (ChildEnv=1), its stderr going to
+// stderr, and returns it with its stdin and stdout.
+func startSelf(ctx context.Context, exe string, stderr io.Writer) (
+	*exec.Cmd, io.WriteCloser, io.Reader, error) {
+	cmd := exec.CommandContext(ctx, exe)
+	cmd.Env = append(os.Environ(), ChildEnv+"=1")
+	cmd.Stderr = stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, nil, nil, err
+	}
+	return cmd, stdin, stdout, nil
 }
 
 func writeLine(w io.Writer, v any) error {
