@@ -243,12 +243,21 @@ func (m *Manager) attempt(ctx context.Context, l *Lease, ttl, lineTTL time.Durat
 	if m.waitN > 0 {
 		return m.acquireReplicated(ctx, l, ttl, lineTTL)
 	}
-	res, err := gen.Acquire(ctx, m.client, l.k,
-		gen.AcquireArgs{Token: string(l.token), TTL: ttl, LineTTL: lineTTL, Channel: m.channel})
+	res, err := gen.Acquire(ctx, m.client, l.k, m.acquireArgs(l, ttl, lineTTL))
 	if err != nil && m.closed.Load() {
 		return res, lock.ErrClosed
 	}
 	return res, err
+}
+
+// acquireArgs is the acquire script's ARGV for l. The channel goes only with
+// a line ttl: the script reads it only when it joins the line.
+func (m *Manager) acquireArgs(l *Lease, ttl, lineTTL time.Duration) gen.AcquireArgs {
+	a := gen.AcquireArgs{Token: string(l.token), TTL: ttl, LineTTL: lineTTL}
+	if lineTTL > 0 {
+		a.Channel = m.channel
+	}
+	return a
 }
 
 func (m *Manager) acquireErr(ctx context.Context, key string, err error) error {

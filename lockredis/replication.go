@@ -51,9 +51,7 @@ func (m *Manager) notReplicated(wait *gen.Pending[rueidis.RedisResult]) error {
 func (m *Manager) acquireReplicated(ctx context.Context, l *Lease, ttl, lineTTL time.Duration) (
 	gen.AcquireResult, error) {
 	b := gen.NewBatch(m.client)
-	acq := b.Acquire(l.k, gen.AcquireArgs{
-		Token: string(l.token), TTL: ttl, LineTTL: lineTTL, Channel: m.channel,
-	})
+	acq := b.Acquire(l.k, m.acquireArgs(l, ttl, lineTTL))
 	wait := b.Add(m.waitCmd())
 	b.Do(ctx)
 	r, err := acq.Result()
