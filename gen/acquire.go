@@ -36,10 +36,12 @@ const AcquireSource = `-- name: acquire
 --   - this token gave its place up (a release with it) and that place has
 --     not lapsed yet: change nothing; reply {0, 0, holder's PTTL, 0}.
 --   - otherwise: if the lock is free, hand it to the line's head first (as
---     release does). With line ttl 0 change nothing else and reply {0, 0,
---     holder's PTTL, 0}; else join the line at its tail, or keep this
---     token's place, its entry alive for line ttl ms, and reply {0, 0,
---     holder's PTTL, place in line from 1}.
+--     release does: a head whose strict channel, ending in "!", has no
+--     subscriber here is skipped and keeps its place; if only such heads
+--     are ahead of this token, it takes the key as above). With line ttl 0
+--     change nothing else and reply {0, 0, holder's PTTL, 0}; else join the
+--     line at its tail, or keep this token's place, its entry alive for
+--     line ttl ms, and reply {0, 0, holder's PTTL, place in line from 1}.
 -- Line entries that were not kept alive are dropped. The fence counter has no
 -- TTL; the line's keys vanish when it is empty. All keys share a hash slot.
 if #KEYS ~= 5 then
@@ -103,21 +105,39 @@ local function now()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- hears reports whether the waiter whose args are a ("ttl channel") can
+-- learn of a hand-off: it polls (no channel), its channel is not strict
+-- (does not end in "!"), or the strict channel has a subscriber on this
+-- server. A caller whose ACL refuses PUBSUB NUMSUB counts every waiter as
+-- hearing.
+local function hears(a)
+  local ch = string.sub(a, string.find(a, ' ', 1, true) + 1)
+  if ch == '' or string.sub(ch, -1) ~= '!' then return true end
+  local n = redis.pcall('PUBSUB', 'NUMSUB', ch)
+  return n.err ~= nil or n[2] ~= 0
+end
+
 -- head drops line entries whose deadline passed (at most 64 a call) and
--- replies the first live entry's token, its ttl and channel, or nil.
+-- replies the first live entry that is this call's token or hears a
+-- hand-off, with its ttl and channel, or nil. Live entries that would not
+-- hear are skipped and keep their place.
 local function head(t)
   local dead = redis.call('ZRANGEBYSCORE', LD, '-inf', t, 'LIMIT', 0, 64)
   for i = 1, #dead do leave(dead[i]) end
+  local i = 0
   for _ = 1, 64 do
-    local h = redis.call('ZRANGE', L, 0, 0)[1]
+    local h = redis.call('ZRANGE', L, i, i)[1]
     if not h then return nil end
     local d = tonumber(redis.call('ZSCORE', LD, h))
     local a = redis.call('HGET', LA, h)
-    if d and d > t and a then
+    if not (d and d > t and a and a ~= 'gone') then
+      leave(h)
+    elseif h == token or hears(a) then
       local sp = string.find(a, ' ', 1, true)
       return h, string.sub(a, 1, sp - 1), string.sub(a, sp + 1)
+    else
+      i = i + 1
     end
-    leave(h)
   end
   return nil
 end
@@ -220,7 +240,7 @@ redis.call('PEXPIRE', LA, keep)
 return {0, 0, pttl, redis.call('ZRANK', L, token) + 1}`
 
 // AcquireSHA1 is the SHA1 of AcquireSource, as SCRIPT LOAD replies it.
-const AcquireSHA1 = "bfc6b6a2eb524863004889117d11f51c48a21a56"
+const AcquireSHA1 = "31d1da50fe9df8ff8e6d3bb25b9889b15a3cd34c"
 
 var acquireScript = rueidis.NewLuaScript(AcquireSource)
 

@@ -25,11 +25,13 @@ const ReleaseSource = `-- name: release
 -- the token ARGV[1] holds it (compare-and-delete), else takes the token out of
 -- the key's line (a waiter that gave up; its token is marked "gone" until
 -- its place would have lapsed). Whenever the lock is then free and
--- the line has a live head, the key goes to the head: the lock is set to the
--- head's token with the head's ttl, the fence counter KEYS[2] grows, and
--- "fence ttl token" is published on the head's channel unless that is ARGV[2]
--- (the caller's own). Replies {released, next token or nil, next fence, next
--- ttl}: released is 1 when this token held the lock.
+-- the line has a live head that can hear it, the key goes to that head:
+-- the lock is set to the head's token with the head's ttl, the fence counter
+-- KEYS[2] grows, and "fence ttl token" is published on the head's channel
+-- unless that is ARGV[2] (the caller's own). A head whose strict channel
+-- (ending in "!") has no subscriber here is skipped and keeps its place.
+-- Replies {released, next token or nil, next fence, next ttl}: released is
+-- 1 when this token held the lock.
 if #KEYS ~= 5 then
   return redis.error_reply('ERR wrong number of keys: want 5 (lock, fence, line, line deadlines, line args)')
 end
@@ -56,26 +58,39 @@ local function leave(t)
   redis.call('HDEL', LA, t)
 end
 
--- head finds the line's first live entry, skipping (and then dropping)
--- entries whose deadline passed, at most 64 of them; it replies its token,
--- args ("ttl channel"), or nil, and the lapsed tokens it skipped. It
+-- hears reports whether the waiter whose args are a ("ttl channel") can
+-- learn of a hand-off: it polls (no channel), it is the caller's (the reply
+-- tells it), its channel is not strict (does not end in "!"), or the strict
+-- channel has a subscriber on this server. A caller whose ACL refuses
+-- PUBSUB NUMSUB counts every waiter as hearing.
+local function hears(a)
+  local ch = string.sub(a, string.find(a, ' ', 1, true) + 1)
+  if ch == '' or ch == channel or string.sub(ch, -1) ~= '!' then return true end
+  local n = redis.pcall('PUBSUB', 'NUMSUB', ch)
+  return n.err ~= nil or n[2] ~= 0
+end
+
+-- head finds the line's first live entry whose waiter hears (see hears),
+-- skipping entries whose deadline passed (to be dropped) and live ones that
+-- would not hear (they keep their place), at most 65 in all; it replies its
+-- token, args ("ttl channel"), or nil, and the lapsed tokens it skipped. It
 -- writes nothing.
 local function head()
   local lapsed, now = {}, nil
-  local h, a = nil, nil
   for i = 0, 64 do
-    h = redis.call('ZRANGE', L, i, i)[1]
+    local h = redis.call('ZRANGE', L, i, i)[1]
     if not h then break end
     if not now then
       local tm = redis.call('TIME')
       now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
     end
     local d = tonumber(redis.call('ZSCORE', LD, h))
-    a = redis.call('HGET', LA, h)
-    if d and d > now and a and a ~= 'gone' then
+    local a = redis.call('HGET', LA, h)
+    if not (d and d > now and a and a ~= 'gone') then
+      lapsed[#lapsed + 1] = h
+    elseif hears(a) then
       return h, a, lapsed
     end
-    lapsed[#lapsed + 1] = h
   end
   return nil, nil, lapsed
 end
@@ -153,7 +168,7 @@ if queued then giveUp() end
 return handToHead() or {0, false, 0, 0}`
 
 // ReleaseSHA1 is the SHA1 of ReleaseSource, as SCRIPT LOAD replies it.
-const ReleaseSHA1 = "52aee226ae64621d4fbbd18ccf05c8e7e93d1565"
+const ReleaseSHA1 = "66ca4f4d42cee6c7ba9e957ab862096ea2220e06"
 
 var releaseScript = rueidis.NewLuaScript(ReleaseSource)
 

@@ -251,10 +251,13 @@ func (m *Manager) attempt(ctx context.Context, l *Lease, ttl, lineTTL time.Durat
 }
 
 // acquireArgs is the acquire script's ARGV for l. The channel goes only with
-// a line ttl: the script reads it only when it joins the line.
+// a line ttl (the script reads it only when it joins the line) and while
+// the Manager is subscribed: without it, the waiter polls, and a release
+// hands it the key without a push (its next attempt finds it). Every change
+// of m.pushed pokes the waiters, whose next attempt updates their channel.
 func (m *Manager) acquireArgs(l *Lease, ttl, lineTTL time.Duration) gen.AcquireArgs {
 	a := gen.AcquireArgs{Token: string(l.token), TTL: ttl, LineTTL: lineTTL}
-	if lineTTL > 0 {
+	if lineTTL > 0 && m.pushed.Load() {
 		a.Channel = m.channel
 	}
 	return a
@@ -415,7 +418,19 @@ func (m *Manager) pokeWaiters() {
 }
 
 // start subscribes the Manager to its hand-off channel in the background.
+//
+// On one server (not Redis Cluster) the channel is strict: it ends in "!",
+// telling the scripts to skip, rather than hand the key to, a waiter of this
+// Manager whose channel has no subscriber on the server (scripts/README.md,
+// "Tokens and channels"). A process killed while it waits thus does not get
+// the key: its connections close, and the release goes to the next waiter.
+// Waiters send the channel only while the Manager is subscribed, so a
+// Manager without Pub/Sub is never skipped. On Cluster a subscriber may sit
+// on another node than the key, so the scripts cannot tell.
 func (m *Manager) start() {
+	if m.client.Mode() != rueidis.ClientModeCluster {
+		m.channel += "!"
+	}
 	m.goBackground(m.subscribe)
 }
 

@@ -104,24 +104,41 @@ func waitLineLen(t *testing.T, s *redistest.Server, key string, n int) []string 
 	}
 }
 
+// waitHeard waits until the line's head has a strict channel (scripts/
+// README.md, "Tokens and channels"): its Manager was subscribed when it last
+// kept its place, so a release skips it once nobody hears that channel.
+func waitHeard(t *testing.T, s *redistest.Server, key string) {
+	t.Helper()
+	args := lockredis.LockKey(lockredis.DefaultPrefix, key) + ":line:args"
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		line := lineOf(t, s, key)
+		if len(line) > 0 && strings.HasSuffix(s.Cli(t, "HGET", args, line[0]), "!") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the head of %q never registered a strict channel", key)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 // TestLine_killedHeadOfLine: a waiting process at the head of the line is
-// killed (SIGKILL) and the holder releases, handing the key to the dead
-// waiter. The key is free again when the dead waiter's TTL ends, and the
-// next waiter (another process's Manager) holds it within LineTTL/3 of that:
-// the stated bound.
+// killed (SIGKILL) while another holds the key. Its connections close with
+// it, so nobody hears its strict channel, and the holder's release hands
+// the key straight to the next waiter (another process's Manager), not to
+// the dead one, whose TTL (a minute) would otherwise keep the key.
 func TestLine_killedHeadOfLine(t *testing.T) {
 	s := redistest.Start(t)
-	const (
-		deadTTL = 400 * time.Millisecond
-		lineTTL = 600 * time.Millisecond
-	)
-	a := newManager(t, []string{s.Addr}, lockredis.Options{LineTTL: lineTTL})
-	b := newManager(t, []string{s.Addr}, lockredis.Options{LineTTL: lineTTL})
+	const deadTTL = time.Minute
+	a := newManager(t, []string{s.Addr}, lockredis.Options{})
+	b := newManager(t, []string{s.Addr}, lockredis.Options{})
 	c := ctxT(t)
 	key := "line-kill"
 	h := take(t, a, key, time.Minute)
-	child, _ := startChildWaiter(t, s.Addr, key, deadTTL, lineTTL)
+	child, _ := startChildWaiter(t, s.Addr, key, deadTTL, lockredis.DefaultLineTTL)
 	waitLineLen(t, s, key, 1)
+	waitHeard(t, s, key)
 	got := make(chan time.Time, 1)
 	go func() {
 		l, err := b.Acquire(c, key, time.Minute)
@@ -138,6 +155,57 @@ func TestLine_killedHeadOfLine(t *testing.T) {
 	released := time.Now()
 	if err := h.Release(c); err != nil {
 		t.Fatal(err)
+	}
+	select {
+	case at := <-got:
+		t.Logf("next waiter held the key %v after the release (killed head's TTL %v)",
+			at.Sub(released), deadTTL)
+	case <-time.After(10 * time.Second):
+		t.Fatalf("next waiter did not get the key within 10s of the release: "+
+			"it went to the killed head (TTL %v)", deadTTL)
+	}
+}
+
+// TestLine_headKilledAfterHandOff: the key is handed to a waiting process
+// that is stopped (SIGSTOP: its connections stay open, so it hears), which
+// is then killed (SIGKILL) before it could use it. The key is free again
+// when the dead waiter's TTL ends, and the next waiter (another process's
+// Manager) holds it within LineTTL/3 of that: the stated bound.
+func TestLine_headKilledAfterHandOff(t *testing.T) {
+	s := redistest.Start(t)
+	const (
+		deadTTL = 400 * time.Millisecond
+		lineTTL = 600 * time.Millisecond
+	)
+	a := newManager(t, []string{s.Addr}, lockredis.Options{LineTTL: lineTTL})
+	b := newManager(t, []string{s.Addr}, lockredis.Options{LineTTL: lineTTL})
+	c := ctxT(t)
+	key := "line-kill-handed"
+	h := take(t, a, key, time.Minute)
+	child, _ := startChildWaiter(t, s.Addr, key, deadTTL, lineTTL)
+	childToken := waitLineLen(t, s, key, 1)[0]
+	got := make(chan time.Time, 1)
+	go func() {
+		l, err := b.Acquire(c, key, time.Minute)
+		if err == nil {
+			got <- time.Now()
+			_ = l.Release(context.Background())
+		}
+	}()
+	waitLineLen(t, s, key, 2)
+	if err := child.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	released := time.Now()
+	if err := h.Release(c); err != nil {
+		t.Fatal(err)
+	}
+	if err := child.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = child.Wait()
+	if holder := s.Cli(t, "GET", lockredis.LockKey(lockredis.DefaultPrefix, key)); holder != childToken {
+		t.Fatalf("after the release the key holds %q, want the stopped head %q", holder, childToken)
 	}
 	bound := deadTTL + lineTTL/3 + 200*time.Millisecond
 	select {

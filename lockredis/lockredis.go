@@ -25,6 +25,10 @@
 // their place alive by repeating the acquire every Options.LineTTL/3; an
 // entry not kept alive leaves the line after LineTTL. The head also tries
 // again when the holder's TTL ends, which covers holders that never release.
+// On one server (not Cluster) the Manager's channel is strict: a release
+// skips a waiter whose channel nobody hears, such as one whose process was
+// killed, and hands the key to the next (scripts/README.md, "Tokens and
+// channels"); a key handed to a waiter that died anyway is free at its TTL.
 // Where Pub/Sub is unavailable (a server or ACL without it), waiters poll
 // with exponential backoff from MinBackoff to MaxBackoff, never sleeping past
 // the holder's remaining TTL, and keep their place in line.

@@ -111,8 +111,10 @@ func TestToken_noRepeatsOverAMillionDraws(t *testing.T) {
 //     its hand-off channel; without it waiters poll (see
 //     TestACL_noSubscribe_waitersPoll);
 //   - get, set, del, pexpire, pttl, incr, exists, time, zadd, zrem, zrange,
-//     zrangebyscore, zscore, zrank, hset, hget, hdel, publish: what the
-//     scripts call inside (Redis checks a script's commands against the
+//     zrangebyscore, zscore, zrank, hset, hget, hdel, publish, pubsub|numsub:
+//     what the scripts call inside (pubsub|numsub tells whether a waiter's
+//     strict channel is heard; without it the scripts hand keys to
+//     waiters that died too, see TestACL_noPubsubNumsub_handsOffAsBefore) (Redis checks a script's commands against the
 //     user's ACL too; a user could run each of them directly on the
 //     prefix's keys, so the scripts do not stand guard over the lock's
 //     invariants against this user — give the lock's user to the lock
@@ -127,7 +129,7 @@ var aclCommands = []string{
 	"+evalsha", "+eval", "+evalsha_ro", "+eval_ro", "+subscribe",
 	"+get", "+set", "+del", "+pexpire", "+pttl", "+incr",
 	"+exists", "+time", "+zadd", "+zrem", "+zrange", "+zrangebyscore", "+zscore", "+zrank",
-	"+hset", "+hget", "+hdel", "+publish",
+	"+hset", "+hget", "+hdel", "+publish", "+pubsub|numsub",
 }
 
 // aclChannels is the Pub/Sub channel rule of the minimal user: every
@@ -269,6 +271,26 @@ func waitInLine(t *testing.T, s *redistest.Server, key string, n int) {
 	}
 }
 
+// waitHeard waits until the head of key's line registered its Manager's
+// channel (a strict one: scripts/README.md, "Tokens and channels"), which a
+// waiter does once its Manager is subscribed: a release then publishes the
+// hand-off to it.
+func waitHeard(t *testing.T, s *redistest.Server, key string) {
+	t.Helper()
+	k := lockredis.LockKey(lockredis.DefaultPrefix, key)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		head := s.Cli(t, "ZRANGE", k+":line", "0", "0")
+		if head != "" && strings.HasSuffix(s.Cli(t, "HGET", k+":line:args", head), "!") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the head of %q never registered a strict channel", key)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 // permEnv is where a permCall runs: the server, and two Managers of the
 // user under test (other where a second process is needed).
 type permEnv struct {
@@ -331,6 +353,7 @@ func handOff(ctx context.Context, e permEnv) error {
 	}()
 	defer func() { cancel(); <-waited }()
 	waitInLine(e.t, e.s, "k", 1)
+	waitHeard(e.t, e.s, "k")
 	e.s.Cli(e.t, "ACL", "LOG", "RESET") // only the release's denials count
 	return l.Release(ctx)
 }
@@ -374,12 +397,6 @@ func TestACL_missingPermission_failsFastWithNOPERM(t *testing.T) {
 			call: tryFree, denied: lockredis.LockKey(lockredis.DefaultPrefix, "k")},
 		{name: "noEvalsha", keys: keys, chans: aclChannels, cmds: without("+evalsha"),
 			call: tryFree, denied: "evalsha"},
-		{
-			// Without channel rules the release cannot publish the
-			// hand-off to a waiter of another Manager.
-			name: "noChannels", keys: keys, cmds: aclCommands,
-			call: handOff, denied: lockredis.DefaultPrefix + "wake:",
-		},
 	}
 	// Commands the scripts call inside, each with the call that meets it
 	// first.
@@ -498,10 +515,12 @@ func TestACL_noEvalshaRO_leaseWatchStopsAsking(t *testing.T) {
 }
 
 // TestACL_noSubscribe_waitersPoll runs waiters as a user without
-// SUBSCRIBE: Redis refuses the Manager's subscription (logged in ACL LOG,
-// and no channel is subscribed), and waiting still works, by polling: each
-// of a line of waiters of another Manager gets the key, in turn, promptly
-// after the holder before it releases.
+// SUBSCRIBE, or without the channel rule: Redis refuses the Manager's
+// subscription (logged in ACL LOG, and no channel is subscribed), and
+// waiting still works, by polling: each of a line of waiters of another
+// Manager gets the key, in turn, promptly after the holder before it
+// releases. (The waiters then register no channel, so no release publishes
+// to one.)
 func TestACL_noSubscribe_waitersPoll(t *testing.T) {
 	var cmds []string
 	for _, c := range aclCommands {
@@ -509,8 +528,18 @@ func TestACL_noSubscribe_waitersPoll(t *testing.T) {
 			cmds = append(cmds, c)
 		}
 	}
+	t.Run("noSubscribe", func(t *testing.T) { waitersPoll(t, aclChannels, cmds, "subscribe") })
+	t.Run("noChannels", func(t *testing.T) {
+		waitersPoll(t, "", aclCommands, lockredis.DefaultPrefix+"wake:")
+	})
+}
+
+// waitersPoll is TestACL_noSubscribe_waitersPoll for a user with channel
+// rule chans and commands cmds, whose subscription Redis denies as denied
+// (a command, or a channel prefix ending in ":").
+func waitersPoll(t *testing.T, chans string, cmds []string, denied string) {
 	s := redistest.Start(t)
-	setUser(t, s, "klauthed", "~"+lockredis.DefaultPrefix+"*", aclChannels, cmds)
+	setUser(t, s, "klauthed", "~"+lockredis.DefaultPrefix+"*", chans, cmds)
 	s.Cli(t, "ACL", "LOG", "RESET")
 	holder, err := aclManager(t, s, "klauthed")
 	if err != nil {
@@ -538,9 +567,11 @@ func TestACL_noSubscribe_waitersPoll(t *testing.T) {
 	}
 	// Both Managers' subscriptions were refused by now.
 	deadline := time.Now().Add(5 * time.Second)
-	for !slices.Contains(aclDenied(t, s), "subscribe") {
+	for !slices.ContainsFunc(aclDenied(t, s), func(o string) bool {
+		return o == denied || strings.HasSuffix(denied, ":") && strings.HasPrefix(o, denied)
+	}) {
 		if time.Now().After(deadline) {
-			t.Fatalf("ACL LOG never denied subscribe: %q", aclDenied(t, s))
+			t.Fatalf("ACL LOG never denied %s: %q", denied, aclDenied(t, s))
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -570,6 +601,37 @@ func TestACL_noSubscribe_waitersPoll(t *testing.T) {
 	}
 	if err := prev.Release(c); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestACL_noPubsubNumsub_handsOffAsBefore runs lockredis as a user without
+// PUBSUB NUMSUB, which the scripts use to skip a waiter whose strict channel
+// nobody hears (a killed process). The scripts then count every waiter as
+// hearing: hand-offs work as before (and a killed waiter is handed the key
+// until its TTL ends), Redis logging the denied NUMSUB.
+func TestACL_noPubsubNumsub_handsOffAsBefore(t *testing.T) {
+	var cmds []string
+	for _, c := range aclCommands {
+		if c != "+pubsub|numsub" {
+			cmds = append(cmds, c)
+		}
+	}
+	s := redistest.Start(t)
+	setUser(t, s, "klauthed", "~"+lockredis.DefaultPrefix+"*", aclChannels, cmds)
+	m, err := aclManager(t, s, "klauthed")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := aclManager(t, s, "klauthed")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := ctxT(t)
+	if err := handOff(c, permEnv{t: t, s: s, m: m, other: other}); err != nil {
+		t.Fatalf("hand-off without pubsub|numsub = %v, want it to work", err)
+	}
+	if denied := aclDenied(t, s); !slices.Contains(denied, "pubsub|numsub") {
+		t.Fatalf("ACL LOG denied %q, want pubsub|numsub: the release did not ask", denied)
 	}
 }
 

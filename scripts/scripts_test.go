@@ -681,6 +681,67 @@ func TestLine(t *testing.T) {
 			do(t, b, "PUBLISH", ch, "marker")
 			equal(t, "first message", nextMessage(t, msgs), "marker")
 		})
+		t.Run("release_skipsStrictHeadNobodyHears_itKeepsItsPlace", func(t *testing.T) {
+			k := keys(t)
+			deaf := "ch:" + t.Name() + ":a!" // strict, nobody subscribed
+			chB := "ch:" + t.Name() + ":b!"  // strict, subscribed
+			msgsB := subscribe(t, b, chB)
+			h := acq(t, b, k, "h", "5000", "0", "")
+			acq(t, b, k, "a", "7000", "10000", deaf)
+			acq(t, b, k, "b", "8000", "10000", chB)
+			acq(t, b, k, "c", "9000", "10000", "chC") // not strict, nobody subscribed
+			got := rel(t, b, k, "h", "")
+			equal(t, "release", got, released{Released: 1, Next: "b", Fence: h[1] + 1, TTL: 8000})
+			equal(t, "published to b", nextMessage(t, msgsB), fmt.Sprintf("%d 8000 b", h[1]+1))
+			equal(t, "a in line", inLine(t, b, k, "a"), int64(1))
+			// Once a hears, it is next: it kept its place.
+			msgsA := subscribe(t, b, deaf)
+			got = rel(t, b, k, "b", "")
+			equal(t, "second release", got, released{Released: 1, Next: "a", Fence: h[1] + 2, TTL: 7000})
+			equal(t, "published to a", nextMessage(t, msgsA), fmt.Sprintf("%d 7000 a", h[1]+2))
+			// A channel that is not strict is handed the key heard or not.
+			equal(t, "third release", rel(t, b, k, "a", "").Next, "c")
+		})
+		t.Run("release_nobodyHears_keyFreeFenceUnchanged", func(t *testing.T) {
+			k := keys(t)
+			h := acq(t, b, k, "h", "5000", "0", "")
+			acq(t, b, k, "a", "7000", "10000", "ch:"+t.Name()+":a!")
+			equal(t, "release", rel(t, b, k, "h", ""), released{Released: 1})
+			equal(t, "lock exists", exists(t, b, k.lock), false)
+			f, _ := get(t, b, k.fence)
+			equal(t, "fence", f, strconv.FormatInt(h[1], 10))
+			equal(t, "a in line", inLine(t, b, k, "a"), int64(1))
+			// Nobody ahead of a try can hear: it takes the free key.
+			got := acq(t, b, k, "d", "5000", "0", "")
+			equal(t, "try acquired", got[0], int64(1))
+			equal(t, "try fence", got[1], h[1]+1)
+			equal(t, "a in line", inLine(t, b, k, "a"), int64(1))
+			// The caller's own strict channel counts as heard in release:
+			// its reply carries the hand-off.
+			got2 := rel(t, b, k, "d", "ch:"+t.Name()+":a!")
+			equal(t, "release to own channel", got2.Next, "a")
+		})
+		t.Run("acquireOnFreeKey_skipsStrictHeadNobodyHears", func(t *testing.T) {
+			k := keys(t)
+			chB := "ch:" + t.Name() + ":b!"
+			msgsB := subscribe(t, b, chB)
+			h := acq(t, b, k, "h", "100", "0", "")
+			acq(t, b, k, "a", "6000", "10000", "ch:"+t.Name()+":a!")
+			acq(t, b, k, "b", "7000", "10000", chB)
+			b.advance(t, 200*time.Millisecond) // h expires; nobody released it
+			got := acq(t, b, k, "c", "5000", "10000", "chC")
+			if got[0] != 0 || got[3] != 2 {
+				t.Fatalf("acquire of the free key = %v, want {0, 0, b's ttl, 2}", got)
+			}
+			v, _ := get(t, b, k.lock)
+			equal(t, "lock", v, "b")
+			equal(t, "published to b", nextMessage(t, msgsB), fmt.Sprintf("%d 7000 b", h[1]+1))
+			equal(t, "a in line", inLine(t, b, k, "a"), int64(1))
+			// The deaf head itself takes the free key when it calls.
+			equal(t, "b's release skips a", rel(t, b, k, "b", "").Next, "c")
+			equal(t, "c's release", rel(t, b, k, "c", ""), released{Released: 1})
+			equal(t, "a acquires", acq(t, b, k, "a", "6000", "10000", "ch:"+t.Name()+":a!")[0], int64(1))
+		})
 		t.Run("acquireOnFreeKey_handsToHeadCallerJoins", func(t *testing.T) {
 			k := keys(t)
 			chA := "ch:" + t.Name() + ":a"
