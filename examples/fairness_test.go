@@ -351,3 +351,103 @@ func TestInterop_pollersKeepTheirPlace(t *testing.T) {
 		}
 	}
 }
+
+// TestInterop_killedWorkerInLineIsSkipped has a Python (then a Node) worker
+// wait at the head of a key's line for a lease of a minute, a Go waiter
+// behind it, and kills the worker (SIGKILL) while a Go holder has the key.
+// The helpers' channels are strict (scripts/README.md, "Tokens and
+// channels") and the worker's connections closed with it, so the holder's
+// release skips it and hands the key to the Go waiter at once, rather than
+// to the dead worker for its minute.
+func TestInterop_killedWorkerInLineIsSkipped(t *testing.T) {
+	e := newEnv(t)
+	ctx := ctxT(t)
+	for _, l := range languages {
+		t.Run(l.name, func(t *testing.T) {
+			key := "killed-" + l.name
+			holder, ok, err := e.m.TryAcquire(ctx, key, time.Minute)
+			if err != nil || !ok {
+				t.Fatalf("go holder: TryAcquire = %v, %v", ok, err)
+			}
+			w := startWorker(t, l, e.addr)
+			go func() { _, _ = w.acquire(key, time.Minute, lineWait) }() // it dies waiting
+			channel := waitStrictHead(t, e, key)
+			next := newManager(t, e.addr)
+			got := make(chan error, 1)
+			go func() {
+				lease, err := next.Acquire(ctx, key, time.Minute)
+				if err == nil {
+					err = lease.Release(context.Background())
+				}
+				got <- err
+			}()
+			deadline := time.Now().Add(5 * time.Second)
+			for line, _ := e.line(ctx, key); len(line) < 2; line, _ = e.line(ctx, key) {
+				if time.Now().After(deadline) {
+					t.Fatalf("line %q: the Go waiter never joined behind the %s worker", line, l.name)
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			if err := w.proc.Kill(); err != nil {
+				t.Fatal(err)
+			}
+			// Redis drops a dead connection's subscription as soon as it
+			// reads the close; the release must not race ahead of that.
+			for numsub(t, e, channel) != 0 {
+				if time.Now().After(deadline) {
+					t.Fatalf("%s's subscription outlived its process", channel)
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			start := time.Now()
+			if err := holder.Release(ctx); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case err := <-got:
+				if err != nil {
+					t.Fatalf("go waiter behind the killed %s worker: %v", l.name, err)
+				}
+				t.Logf("go waiter held the key %v after the release", time.Since(start))
+			case <-time.After(10 * time.Second):
+				t.Fatalf("go waiter not served within 10s of the release: "+
+					"the key went to the killed %s worker (TTL 1m)", l.name)
+			}
+		})
+	}
+}
+
+// waitStrictHead waits until the head of key's line has a strict channel
+// (its worker is subscribed) and returns that channel.
+func waitStrictHead(t *testing.T, e *env, key string) string {
+	t.Helper()
+	ctx := ctxT(t)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if line, _ := e.line(ctx, key); len(line) > 0 {
+			args, _ := e.c.Do(ctx, e.c.B().Hget().Key(lockKey(key)+":line:args").
+				Field(line[0]).Build()).ToString()
+			if _, ch, ok := strings.Cut(args, " "); ok && strings.HasSuffix(ch, "!") {
+				return ch
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the head of %q never registered a strict channel", key)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// numsub is PUBSUB NUMSUB of channel.
+func numsub(t *testing.T, e *env, channel string) int64 {
+	t.Helper()
+	vals, err := e.c.Do(ctxT(t), e.c.B().PubsubNumsub().Channel(channel).Build()).ToArray()
+	if err != nil || len(vals) != 2 {
+		t.Fatalf("PUBSUB NUMSUB %s = %v, %v", channel, vals, err)
+	}
+	n, err := vals[1].AsInt64()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}

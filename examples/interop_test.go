@@ -16,6 +16,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"regexp"
 	"strconv"
@@ -116,6 +117,7 @@ func (l *lockedBuffer) String() string {
 // time.
 type worker struct {
 	name   string
+	proc   *os.Process
 	in     io.WriteCloser
 	lines  chan string // stdout, one line each; closed at EOF
 	stderr *lockedBuffer
@@ -143,6 +145,7 @@ func startWorker(t *testing.T, lang language, addr string, extra ...string) *wor
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s worker: %v", lang.name, err)
 	}
+	w.proc = cmd.Process
 	readDone := make(chan struct{})
 	go func() {
 		defer close(readDone)

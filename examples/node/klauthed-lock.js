@@ -133,11 +133,13 @@ class Lease {
 // EVALSHA and fall back to EVAL on NOSCRIPT (defineCommand).
 //
 // With pubsub true (the default) the client subscribes, on a duplicate()
-// connection of its own, to its channel prefix + "wake:" + 24 hex digits,
-// where release scripts publish the hand-offs to its waiters. With pubsub
-// false, or when the server refuses SUBSCRIBE, or while the subscription is
-// down, waiters poll (see acquire). Call close() when done: the subscriber
-// connection keeps the process alive.
+// connection of its own, to its channel prefix + "wake:" + 24 hex digits +
+// "!", where release scripts publish the hand-offs to its waiters; waiters
+// give the scripts the channel only while subscribed. The "!" makes it
+// strict (see the constructor): use this client on one server, not on Redis
+// Cluster. With pubsub false, or when the server refuses SUBSCRIBE, or while
+// the subscription is down, waiters poll (see acquire). Call close() when
+// done: the subscriber connection keeps the process alive.
 class LockClient {
   constructor(redis, { prefix = DEFAULT_PREFIX, pubsub = true } = {}) {
     this.redis = redis;
@@ -146,15 +148,18 @@ class LockClient {
     this._sub = null;
     this._subscribed = false;
     this._onSubscribed = []; // resolvers of waitSubscribed
-    // The channel that this client's waiters give the scripts; "" when they
-    // poll only.
+    // The channel that this client's waiters give the scripts while it is
+    // subscribed; "" when they poll only.
     this.channel = "";
     redis.defineCommand("klauthedAcquire", { numberOfKeys: 5, lua: script("acquire") });
     redis.defineCommand("klauthedRefresh", { numberOfKeys: 1, lua: script("refresh") });
     redis.defineCommand("klauthedRelease", { numberOfKeys: 5, lua: script("release") });
     redis.defineCommand("klauthedInspect", { numberOfKeys: 1, lua: script("inspect"), readOnly: true });
     if (pubsub) {
-      this.channel = `${prefix}wake:${crypto.randomBytes(12).toString("hex")}`;
+      // Strict ("!"): a release skips a waiter of this client whose channel
+      // nobody hears (its process was killed) instead of handing it the
+      // key (scripts/README.md, "Tokens and channels"). One server only.
+      this.channel = `${prefix}wake:${crypto.randomBytes(12).toString("hex")}!`;
       this._listen();
     }
   }
@@ -169,7 +174,10 @@ class LockClient {
     this._sub = sub;
     sub.on("error", () => {}); // reconnection is ioredis's; waiters poll meanwhile
     sub.on("close", () => {
-      this._subscribed = false;
+      if (this._subscribed) {
+        this._subscribed = false;
+        this._wakeAll(); // to poll, with no channel, until it is back
+      }
     });
     sub.on("ready", () => {
       sub.subscribe(this.channel).then(
@@ -196,6 +204,7 @@ class LockClient {
     if (this._sub) this._sub.disconnect();
     this._sub = null;
     this._subscribed = false;
+    this._wakeAll(); // to poll, with no channel
   }
 
   // waitSubscribed resolves whether the Pub/Sub subscription is up, waiting
@@ -270,7 +279,10 @@ class LockClient {
           token,
           ttlMs,
           lineTtlMs,
-          this.channel,
+          // The channel only while subscribed (it is strict); the
+          // subscription coming or going wakes this waiter, so its next
+          // attempt brings its place up to date.
+          this._subscribed ? this.channel : "",
         );
         if (acquired === 1) return new Lease(this, key, names[0], token, fence);
         let d = keep;

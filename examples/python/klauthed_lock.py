@@ -154,10 +154,15 @@ class LockClient:
 
     With pubsub=True (the default) the client subscribes, on a connection of
     its own and in a daemon thread, to its channel prefix + "wake:" + 24 hex
-    digits, where release scripts publish the hand-offs to its waiters.
-    With pubsub=False, or when the server refuses SUBSCRIBE, or while the
-    subscription is down, waiters poll (see acquire). Call close() when done.
-    A LockClient is safe to use from several threads."""
+    digits + "!", where release scripts publish the hand-offs to its waiters.
+    The "!" makes the channel strict (scripts/README.md, "Tokens and
+    channels"): a release skips a waiter of this client whose channel nobody
+    hears (its process was killed) instead of handing it the key, so use
+    this client on one server, not on Redis Cluster. Waiters give the
+    scripts the channel only while subscribed. With pubsub=False, or when the
+    server refuses SUBSCRIBE, or while the subscription is down, waiters
+    poll (see acquire). Call close() when done. A LockClient is safe to use
+    from several threads."""
 
     def __init__(self, r, prefix=DEFAULT_PREFIX, pubsub=True):
         self.prefix = prefix
@@ -170,11 +175,11 @@ class LockClient:
         self._closed = threading.Event()
         self._subscribed = threading.Event()
         self._thread = None
-        #: The channel that this client's waiters give the scripts; "" when
-        #: they poll only.
+        #: The channel that this client's waiters give the scripts while it
+        #: is subscribed; "" when they poll only.
         self.channel = ""
         if pubsub:
-            self.channel = prefix + "wake:" + secrets.token_hex(12)
+            self.channel = prefix + "wake:" + secrets.token_hex(12) + "!"
             self._thread = threading.Thread(target=self._listen, args=(r,),
                                             name="klauthed-wake", daemon=True)
             self._thread.start()
@@ -246,8 +251,12 @@ class LockClient:
         try:
             while True:
                 w.event.clear()  # a wake-up during the attempt still counts
+                # The channel only while subscribed (it is strict); the
+                # subscription coming or going wakes this waiter, so its
+                # next attempt brings its place up to date.
+                channel = self.channel if self._subscribed.is_set() else ""
                 acquired, fence, pttl, position = self._acquire(
-                    keys=names, args=[token, ttl_ms, line_ttl_ms, self.channel])
+                    keys=names, args=[token, ttl_ms, line_ttl_ms, channel])
                 if acquired == 1:
                     return Lease(self, key, token, fence)
                 sleep = keep
@@ -333,7 +342,9 @@ class LockClient:
             except (redis.ConnectionError, redis.TimeoutError, OSError):
                 pass
             finally:
-                self._subscribed.clear()
+                if self._subscribed.is_set():
+                    self._subscribed.clear()
+                    self._wake_all()  # to poll, with no channel, until back
                 try:
                     ps.close()
                 except Exception:
