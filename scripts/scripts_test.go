@@ -76,7 +76,7 @@ func forEachBackend(t *testing.T, fn func(t *testing.T, b backend)) {
 	t.Run("miniredis", func(t *testing.T) { fn(t, miniRedis(t)) })
 }
 
-func source(t *testing.T, name string) string {
+func source(t testing.TB, name string) string {
 	t.Helper()
 	b, err := os.ReadFile(name + ".lua")
 	if err != nil {
