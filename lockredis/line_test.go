@@ -204,7 +204,8 @@ func TestLine_headKilledAfterHandOff(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = child.Wait()
-	if holder := s.Cli(t, "GET", lockredis.LockKey(lockredis.DefaultPrefix, key)); holder != childToken {
+	holder := s.Cli(t, "GET", lockredis.LockKey(lockredis.DefaultPrefix, key))
+	if holder != childToken {
 		t.Fatalf("after the release the key holds %q, want the stopped head %q", holder, childToken)
 	}
 	bound := deadTTL + lineTTL/3 + 200*time.Millisecond

@@ -114,11 +114,11 @@ func TestToken_noRepeatsOverAMillionDraws(t *testing.T) {
 //     zrangebyscore, zscore, zrank, hset, hget, hdel, publish, pubsub|numsub:
 //     what the scripts call inside (pubsub|numsub tells whether a waiter's
 //     strict channel is heard; without it the scripts hand keys to
-//     waiters that died too, see TestACL_noPubsubNumsub_handsOffAsBefore) (Redis checks a script's commands against the
-//     user's ACL too; a user could run each of them directly on the
-//     prefix's keys, so the scripts do not stand guard over the lock's
-//     invariants against this user — give the lock's user to the lock
-//     only).
+//     waiters that died too, see TestACL_noPubsubNumsub_handsOffAsBefore).
+//     Redis checks a script's commands against the user's ACL too; a user
+//     could run each of them directly on the prefix's keys, so the
+//     scripts do not stand guard over the lock's invariants against this
+//     user: give the lock's user to the lock only.
 //
 // Besides commands the user needs the keys under the prefix (~klauthed:*)
 // and the hand-off channels under it (aclChannels): a release script

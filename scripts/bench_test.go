@@ -38,7 +38,8 @@ func BenchmarkUncontendedPair(b *testing.B) {
 		releaseArgs      func(token string) []string
 	}
 	five := func(base string) []string {
-		return []string{base, base + ":fence", base + ":line", base + ":line:deadlines", base + ":line:args"}
+		return []string{base, base + ":fence", base + ":line",
+			base + ":line:deadlines", base + ":line:args"}
 	}
 	protocols := []protocol{
 		{
