@@ -67,6 +67,9 @@ func formatState(st state) string {
 				b.WriteString("  stale (its waiter stopped; dropped at the next acquire)")
 			}
 		}
+		if w.Heard != nil && !*w.Heard {
+			b.WriteString("  not heard (nobody subscribed to its channel: releases skip it)")
+		}
 		b.WriteByte('\n')
 	}
 	if more := st.LineLen - int64(len(st.Line)); more > 0 {

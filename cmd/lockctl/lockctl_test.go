@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/klauthed/lock"
+	"github.com/klauthed/lock/gen"
 	"github.com/klauthed/lock/internal/redistest"
 	"github.com/klauthed/lock/lockredis"
 	"github.com/redis/rueidis"
@@ -266,6 +267,63 @@ never/locked  free  fence 0
 			t.Errorf("line[%d] = %+v, want token %s ttl %d and a live place", i, l, w.tok, w.ttl)
 		}
 	}
+}
+
+// TestInspect_waiterNobodyHears: a waiter whose strict channel has no
+// subscriber (its process gone) shows as not heard, in text and JSON; a
+// waiter that a Manager keeps subscribed does not.
+func TestInspect_waiterNobodyHears(t *testing.T) {
+	e := start(t)
+	key := "orders/7"
+	h := take(t, e.manager(t), key, time.Minute)
+	base := lockredis.LockKey("klauthed:", key)
+	keys := gen.AcquireKeys{LockKey: base, FenceKey: base + ":fence", LineKey: base + ":line",
+		LineDeadlinesKey: base + ":line:deadlines", LineArgsKey: base + ":line:args"}
+	dead := string(lock.NewToken())
+	m := e.manager(t)
+	res, err := gen.Acquire(context.Background(), m.Client(), keys, gen.AcquireArgs{
+		Token: dead, TTL: time.Minute, LineTTL: time.Minute, Channel: "klauthed:wake:gone!"})
+	if err != nil || res.Acquired || res.Position != 1 {
+		t.Fatalf("a dead waiter's acquire = %+v, %v; want a place in line", res, err)
+	}
+	w := e.wait(t, key, 20*time.Second, 2)
+	names := map[string]string{string(h.Token()): "H", dead: "D", w.token: "W"}
+	r := e.lockctl(t, "inspect", key)
+	wantCode(t, r, exitOK)
+	want(t, "inspect", norm(r.stdout, names), `orders/7  held by <H>  ttl T  fence 1
+  line: 2 waiting
+    1. <D>  ttl T  place T  not heard (nobody subscribed to its channel: releases skip it)
+    2. <W>  ttl T  place T
+`)
+	r = e.lockctl(t, "inspect", key, "--json")
+	var st struct {
+		Line []struct {
+			Token string
+			Heard *bool
+		}
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &st); err != nil {
+		t.Fatalf("--json output %q: %v", r.stdout, err)
+	}
+	if len(st.Line) != 2 || st.Line[0].Heard == nil || *st.Line[0].Heard {
+		t.Fatalf("--json line = %+v, want the first waiter with heard false", st.Line)
+	}
+	if hw := st.Line[1].Heard; hw != nil && !*hw {
+		t.Fatalf("--json: the subscribed Manager's waiter shows heard false")
+	}
+	// An operator whose ACL refuses PUBSUB NUMSUB still inspects the key;
+	// whether its waiters are heard is left unsaid.
+	e.s.Cli(t, "ACL", "SETUSER", "ops", "reset", "on", ">pw", "~klauthed:*", "-@all",
+		"+hello", "+ping", "+multi", "+exec", "+get", "+pttl", "+zcard", "+zrange",
+		"+zmscore", "+hmget", "+time")
+	r = e.lockctl(t, "--user", "ops", "--pass", "pw", "inspect", key)
+	wantCode(t, r, exitOK)
+	want(t, "inspect without pubsub|numsub", norm(r.stdout, names),
+		`orders/7  held by <H>  ttl T  fence 1
+  line: 2 waiting
+    1. <D>  ttl T  place T
+    2. <W>  ttl T  place T
+`)
 }
 
 func TestList_limitPatternAndOddKeys(t *testing.T) {

@@ -38,6 +38,13 @@ type waiter struct {
 	// (server clock); 0 or less means the entry is stale and the next
 	// script call drops it. Absent in watch events.
 	PlaceMs *int64 `json:"place_ms,omitempty"`
+	// Heard is, for a waiter with a strict channel (scripts/README.md,
+	// "Tokens and channels"), whether anyone is subscribed to it: when
+	// false its process is gone or its Pub/Sub connection down, and
+	// releases skip it while its place lasts. Absent for waiters that poll
+	// or use a plain channel, when PUBSUB NUMSUB is refused, and in watch
+	// events.
+	Heard *bool `json:"heard,omitempty"`
 }
 
 // state is what one read of a key found.
@@ -203,12 +210,16 @@ func (r *reader) read(ctx context.Context, key string) (state, error) {
 	}
 	ds, _ := res[0].ToArray()
 	as, _ := res[1].ToArray()
+	var strict []string // waiters' strict channels, for PUBSUB NUMSUB
 	for i, t := range tokens {
 		w := waiter{Token: t}
 		if i < len(as) {
 			if a, err := as[i].ToString(); err == nil {
-				ttl, _, _ := strings.Cut(a, " ")
+				ttl, ch, _ := strings.Cut(a, " ")
 				w.TTLMs, _ = strconv.ParseInt(ttl, 10, 64)
+				if strings.HasSuffix(ch, "!") {
+					strict = append(strict, ch)
+				}
 			}
 		}
 		if !r.cached {
@@ -222,7 +233,33 @@ func (r *reader) read(ctx context.Context, key string) (state, error) {
 		}
 		st.Line = append(st.Line, w)
 	}
+	if !r.cached && len(strict) > 0 {
+		r.heard(ctx, st.Line, as, strict)
+	}
 	return st, nil
+}
+
+// heard sets Heard of the waiters in line (whose args are as) that have a
+// strict channel, from one PUBSUB NUMSUB of those channels; on a refusal
+// (an operator's ACL without it) it leaves them unknown.
+func (r *reader) heard(ctx context.Context, line []waiter, as []rueidis.RedisMessage,
+	strict []string) {
+	counts, err := r.c.Do(ctx, r.c.B().PubsubNumsub().Channel(strict...).Build()).AsIntMap()
+	if err != nil {
+		return
+	}
+	for i := range line {
+		if i >= len(as) {
+			break
+		}
+		a, _ := as[i].ToString()
+		if _, ch, _ := strings.Cut(a, " "); strings.HasSuffix(ch, "!") {
+			if n, ok := counts[ch]; ok {
+				heard := n > 0
+				line[i].Heard = &heard
+			}
+		}
+	}
 }
 
 // wrap turns err from cmd on Redis name into a notLockError for WRONGTYPE,
