@@ -123,6 +123,20 @@ func waitHeard(t *testing.T, s *redistest.Server, key string) {
 	}
 }
 
+// heldAt starts an Acquire of key on m and delivers when it returned the
+// lease (which it then releases); a failed Acquire delivers nothing.
+func heldAt(ctx context.Context, m *lockredis.Manager, key string) <-chan time.Time {
+	got := make(chan time.Time, 1)
+	go func() {
+		l, err := m.Acquire(ctx, key, time.Minute)
+		if err == nil {
+			got <- time.Now()
+			_ = l.Release(context.Background())
+		}
+	}()
+	return got
+}
+
 // TestLine_killedHeadOfLine: a waiting process at the head of the line is
 // killed (SIGKILL) while another holds the key. Its connections close with
 // it, so nobody hears its strict channel, and the holder's release hands
@@ -139,14 +153,7 @@ func TestLine_killedHeadOfLine(t *testing.T) {
 	child, _ := startChildWaiter(t, s.Addr, key, deadTTL, lockredis.DefaultLineTTL)
 	waitLineLen(t, s, key, 1)
 	waitHeard(t, s, key)
-	got := make(chan time.Time, 1)
-	go func() {
-		l, err := b.Acquire(c, key, time.Minute)
-		if err == nil {
-			got <- time.Now()
-			_ = l.Release(context.Background())
-		}
-	}()
+	got := heldAt(c, b, key)
 	waitLineLen(t, s, key, 2)
 	if err := child.Process.Kill(); err != nil {
 		t.Fatal(err)
@@ -184,14 +191,7 @@ func TestLine_headKilledAfterHandOff(t *testing.T) {
 	h := take(t, a, key, time.Minute)
 	child, _ := startChildWaiter(t, s.Addr, key, deadTTL, lineTTL)
 	childToken := waitLineLen(t, s, key, 1)[0]
-	got := make(chan time.Time, 1)
-	go func() {
-		l, err := b.Acquire(c, key, time.Minute)
-		if err == nil {
-			got <- time.Now()
-			_ = l.Release(context.Background())
-		}
-	}()
+	got := heldAt(c, b, key)
 	waitLineLen(t, s, key, 2)
 	if err := child.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)

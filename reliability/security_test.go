@@ -132,6 +132,17 @@ var aclCommands = []string{
 	"+hset", "+hget", "+hdel", "+publish", "+pubsub|numsub",
 }
 
+// without is aclCommands less the command rule drop.
+func without(drop string) []string {
+	var out []string
+	for _, c := range aclCommands {
+		if c != drop {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
 // aclChannels is the Pub/Sub channel rule of the minimal user: every
 // Manager's hand-off channel is its prefix followed by "wake:" and a random
 // id. A narrower rule is not possible (a release publishes to the channels
@@ -375,15 +386,6 @@ func handOff(ctx context.Context, e permEnv) error {
 // rueidis reads the key anyway but Redis does not track it, so Lost
 // reports a loss only when Refresh finds it; no call returns that either.
 func TestACL_missingPermission_failsFastWithNOPERM(t *testing.T) {
-	without := func(drop string) []string {
-		var out []string
-		for _, c := range aclCommands {
-			if c != drop {
-				out = append(out, c)
-			}
-		}
-		return out
-	}
 	keys := "~" + lockredis.DefaultPrefix + "*"
 	type permCase struct {
 		name        string
@@ -481,12 +483,7 @@ func TestACL_missingPermission_failsFastWithNOPERM(t *testing.T) {
 // loop, and the lease's Lost never fires. See the report of the
 // reliability branch.
 func TestACL_noEvalshaRO_leaseWatchStopsAsking(t *testing.T) {
-	var cmds []string
-	for _, c := range aclCommands {
-		if c != "+evalsha_ro" {
-			cmds = append(cmds, c)
-		}
-	}
+	cmds := without("+evalsha_ro")
 	s := redistest.Start(t)
 	setUser(t, s, "klauthed", "~"+lockredis.DefaultPrefix+"*", aclChannels, cmds)
 	m, err := aclManager(t, s, "klauthed")
@@ -522,12 +519,7 @@ func TestACL_noEvalshaRO_leaseWatchStopsAsking(t *testing.T) {
 // releases. (The waiters then register no channel, so no release publishes
 // to one.)
 func TestACL_noSubscribe_waitersPoll(t *testing.T) {
-	var cmds []string
-	for _, c := range aclCommands {
-		if c != "+subscribe" {
-			cmds = append(cmds, c)
-		}
-	}
+	cmds := without("+subscribe")
 	t.Run("noSubscribe", func(t *testing.T) { waitersPoll(t, aclChannels, cmds, "subscribe") })
 	t.Run("noChannels", func(t *testing.T) {
 		waitersPoll(t, "", aclCommands, lockredis.DefaultPrefix+"wake:")
@@ -610,12 +602,7 @@ func waitersPoll(t *testing.T, chans string, cmds []string, denied string) {
 // hearing: hand-offs work as before (and a killed waiter is handed the key
 // until its TTL ends), Redis logging the denied NUMSUB.
 func TestACL_noPubsubNumsub_handsOffAsBefore(t *testing.T) {
-	var cmds []string
-	for _, c := range aclCommands {
-		if c != "+pubsub|numsub" {
-			cmds = append(cmds, c)
-		}
-	}
+	cmds := without("+pubsub|numsub")
 	s := redistest.Start(t)
 	setUser(t, s, "klauthed", "~"+lockredis.DefaultPrefix+"*", aclChannels, cmds)
 	m, err := aclManager(t, s, "klauthed")
