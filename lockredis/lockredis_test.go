@@ -24,6 +24,11 @@ func TestMain(m *testing.M) {
 		// its slot map in a goroutine that sleeps 5s first and does not
 		// watch Client.Close; it ends on its own and is not ours.
 		goleak.IgnoreAnyFunction("github.com/redis/rueidis.(*clusterClient)._refresh.func2"),
+		// It also schedules a slot-map refresh when a connection closes
+		// (Close included), in a goroutine that sleeps a random delay (up to
+		// about a second) first; miniredis answers CLUSTER SLOTS, so rueidis
+		// drives it as a cluster too. It ends on its own.
+		goleak.IgnoreAnyFunction("github.com/redis/rueidis.(*call).DelayDo.func1"),
 	)
 }
 
