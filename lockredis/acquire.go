@@ -435,9 +435,10 @@ func (m *Manager) start() {
 }
 
 // subscribe keeps the Manager subscribed to its channel until Close. While
-// subscribed (m.pushed), waiters sleep until a hand-off arrives; every
-// change of that state pokes them, since a push may have been lost. A
-// server or ACL that refuses SUBSCRIBE leaves the waiters polling.
+// subscribed, and seen by the scripts (m.pushed), waiters sleep until a
+// hand-off arrives; every change of that state pokes them, since a push may
+// have been lost. A server or ACL that refuses SUBSCRIBE leaves the waiters
+// polling.
 //
 // The pushes are read through PubSubHooks rather than Receive: rueidis calls
 // the hooks on the goroutine that reads the connection, while Receive hands
@@ -445,21 +446,18 @@ func (m *Manager) start() {
 // hand-off.
 func (m *Manager) subscribe() {
 	backoff := m.minBO
-	hooks := rueidis.PubSubHooks{
-		OnMessage: m.onPush,
-		OnSubscription: func(s rueidis.PubSubSubscription) {
-			if s.Kind == "subscribe" && !m.pushed.Swap(true) {
-				m.pokeWaiters()
-			}
-		},
-	}
+	hooks := rueidis.PubSubHooks{OnMessage: m.onPush}
 	for {
 		// On a dedicated connection: a server that cannot mix Pub/Sub with
 		// commands on one RESP3 connection (miniredis) then still works.
 		dc, release := m.client.Dedicate()
 		closed := dc.SetPubSubHooks(hooks)
+		// Do returns once Redis confirmed the subscription.
 		err := dc.Do(m.ctx, dc.B().Subscribe().Channel(m.channel).Build()).Error()
 		if err == nil {
+			if m.seenByScripts() && !m.pushed.Swap(true) {
+				m.pokeWaiters()
+			}
 			select {
 			case err = <-closed:
 			case <-m.ctx.Done():
@@ -481,6 +479,27 @@ func (m *Manager) subscribe() {
 		}
 		backoff = min(2*backoff, time.Second)
 	}
+}
+
+// numsub is what the scripts ask before a hand-off to a strict channel.
+var numsub = rueidis.NewLuaScript("return redis.call('PUBSUB', 'NUMSUB', ARGV[1])[2]")
+
+// seenByScripts reports whether the scripts see the Manager's subscription
+// to its strict channel, asking PUBSUB NUMSUB from a script as they do. A
+// setup that hides it from them (a proxy that keeps subscriptions away from
+// the servers running the scripts) would have every waiter of this Manager
+// skipped; the Manager then stays unpushed, so its waiters poll and keep
+// FIFO. A refusal (an ACL without pubsub|numsub) or a failure counts as
+// seen: the scripts then count every waiter as hearing anyway. The check is
+// bounded by DefaultCleanupTimeout.
+func (m *Manager) seenByScripts() bool {
+	if !strings.HasSuffix(m.channel, "!") {
+		return true
+	}
+	ctx, cancel := context.WithTimeout(m.ctx, DefaultCleanupTimeout)
+	defer cancel()
+	n, err := numsub.Exec(ctx, m.client, nil, []string{m.channel}).AsInt64()
+	return err != nil || n > 0
 }
 
 // sleep waits for d, or until the Manager is closed; it reports false if it

@@ -344,3 +344,77 @@ func TestLine_cancelledAndClosedWaitersLeave(t *testing.T) {
 func clientOption(addr string) rueidis.ClientOption {
 	return rueidis.ClientOption{InitAddress: []string{addr}}
 }
+
+// splitClient is a rueidis client whose dedicated connections (the
+// Manager's subscription) go to another server than its commands (the
+// scripts), as behind a proxy that keeps subscriptions away from the
+// servers running the scripts.
+type splitClient struct {
+	rueidis.Client
+	sub rueidis.Client
+}
+
+func (c splitClient) Dedicate() (rueidis.DedicatedClient, func()) { return c.sub.Dedicate() }
+
+// TestLine_subscriptionTheScriptsCannotSee: a Manager whose subscription
+// the scripts do not see (splitClient) would have its waiters skipped at
+// every hand-off if it gave them its strict channel. It checks, finds
+// nobody subscribed where the scripts run, and lets its waiters poll
+// instead: they keep their place and are served in line order, ahead of a
+// waiter that came later.
+func TestLine_subscriptionTheScriptsCannotSee(t *testing.T) {
+	scripts, elsewhere := redistest.Start(t), redistest.Start(t)
+	newClient := func(addr string) rueidis.Client {
+		c, err := rueidis.NewClient(rueidis.ClientOption{
+			InitAddress: []string{addr}, DisableCache: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(c.Close)
+		return c
+	}
+	split, err := lockredis.NewWithClient(
+		splitClient{Client: newClient(scripts.Addr), sub: newClient(elsewhere.Addr)},
+		lockredis.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { split.Close() })
+	a := newManager(t, []string{scripts.Addr}, lockredis.Options{})
+	b := newManager(t, []string{scripts.Addr}, lockredis.Options{})
+	c := ctxT(t)
+	key := "line-split"
+	h := take(t, a, key, time.Minute)
+	// The split Manager's subscription is up on the other server.
+	deadline := time.Now().Add(5 * time.Second)
+	for elsewhere.Cli(t, "PUBSUB", "CHANNELS", "*") == "" {
+		if time.Now().After(deadline) {
+			t.Fatal("the split Manager never subscribed")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	first := heldAt(c, split, key)
+	token := waitLineLen(t, scripts, key, 1)[0]
+	second := heldAt(c, b, key)
+	waitLineLen(t, scripts, key, 2)
+	argsKey := lockredis.LockKey(lockredis.DefaultPrefix, key) + ":line:args"
+	args := scripts.Cli(t, "HGET", argsKey, token)
+	if strings.HasSuffix(args, "!") {
+		t.Fatalf("the split Manager's waiter registered %q, a strict channel nobody hears", args)
+	}
+	if err := h.Release(c); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-first:
+	case <-second:
+		t.Fatal("the later waiter got the key first: the split Manager's waiter was skipped")
+	case <-time.After(10 * time.Second):
+		t.Fatal("nobody got the key within 10s of the release")
+	}
+	select {
+	case <-second:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the second waiter did not get the key after the first")
+	}
+}

@@ -104,7 +104,9 @@ func TestToken_noRepeatsOverAMillionDraws(t *testing.T) {
 //   - (Redis 7.2 and later also want client|setinfo: rueidis sends the
 //     library name and version on connect and ignores a refusal; Redis
 //     7.0, which these tests run, has no such subcommand);
-//   - evalsha, eval: acquire, refresh, release, and the NOSCRIPT fallback;
+//   - evalsha, eval: acquire, refresh, release, the NOSCRIPT fallback, and
+//     each Manager's check, once subscribed, that the scripts see its
+//     subscription (a one-line PUBSUB NUMSUB script);
 //   - evalsha_ro, eval_ro: the read-only inspect of lease watches
 //     (Lease.Lost);
 //   - subscribe: each Manager subscribes, on a connection of its own, to

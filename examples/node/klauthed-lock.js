@@ -140,6 +140,9 @@ class Lease {
 // Cluster. With pubsub false, or when the server refuses SUBSCRIBE, or while
 // the subscription is down, waiters poll (see acquire). Call close() when
 // done: the subscriber connection keeps the process alive.
+// What the scripts ask before a hand-off to a strict channel.
+const NUMSUB = "return redis.call('PUBSUB', 'NUMSUB', ARGV[1])[2]";
+
 class LockClient {
   constructor(redis, { prefix = DEFAULT_PREFIX, pubsub = true } = {}) {
     this.redis = redis;
@@ -181,11 +184,22 @@ class LockClient {
     });
     sub.on("ready", () => {
       sub.subscribe(this.channel).then(
-        () => {
-          this._subscribed = true;
-          for (const resolve of this._onSubscribed.splice(0)) resolve(true);
-          this._wakeAll();
-        },
+        // Only once the scripts see the subscription (they ask PUBSUB NUMSUB
+        // before a hand-off to a strict channel): behind a proxy that keeps
+        // subscriptions away from the servers running the scripts, every
+        // waiter of this client would be skipped, so it polls instead. A
+        // refusal or failure counts as seen: the scripts then count every
+        // waiter as hearing anyway.
+        () =>
+          this.redis.eval(NUMSUB, 0, this.channel).then(
+            (n) => n !== 0,
+            () => true,
+          ).then((seen) => {
+            if (!seen) return;
+            this._subscribed = true;
+            for (const resolve of this._onSubscribed.splice(0)) resolve(true);
+            this._wakeAll();
+          }),
         (e) => {
           if (e && e.name === "ReplyError") sub.disconnect(); // refused: poll instead
         },

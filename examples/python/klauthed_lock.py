@@ -137,6 +137,10 @@ class Lease:
         return "Lease(key=%r, fence=%d)" % (self.key, self.fence)
 
 
+# What the scripts ask before a hand-off to a strict channel.
+_NUMSUB = "return redis.call('PUBSUB', 'NUMSUB', ARGV[1])[2]"
+
+
 class _Waiter:
     """One acquire call in line: its event is set when it should try again
     at once (a hand-off published for its token, or Pub/Sub came back)."""
@@ -313,6 +317,18 @@ class LockClient:
         for w in waiters:
             w.event.set()
 
+    def _seen_by_scripts(self, r):
+        # Whether the scripts see this client's subscription (they ask
+        # PUBSUB NUMSUB before a hand-off to a strict channel): behind a
+        # proxy that keeps subscriptions away from the servers running the
+        # scripts they would not, and every waiter of this client would be
+        # skipped; it then polls instead. A refusal or failure counts as
+        # seen: the scripts then count every waiter as hearing anyway.
+        try:
+            return r.eval(_NUMSUB, 0, self.channel) != 0
+        except redis.RedisError:
+            return True
+
     def _listen(self, r):
         # Keeps a PubSub connection subscribed to self.channel until close.
         # Each (re)subscription wakes all waiters: a hand-off may have been
@@ -328,9 +344,10 @@ class LockClient:
                     if msg is None:
                         continue
                     if msg["type"] == "subscribe":
-                        self._subscribed.set()
                         backoff = 0.01
-                        self._wake_all()
+                        if self._seen_by_scripts(r):
+                            self._subscribed.set()
+                            self._wake_all()
                     elif msg["type"] == "message":
                         # "fence ttl token": wake the token's waiter, whose
                         # next attempt returns the lease.
