@@ -210,7 +210,8 @@ func (r *reader) read(ctx context.Context, key string) (state, error) {
 	}
 	ds, _ := res[0].ToArray()
 	as, _ := res[1].ToArray()
-	var strict []string // waiters' strict channels, for PUBSUB NUMSUB
+	chans := make([]string, len(tokens)) // each waiter's strict channel, or ""
+	anyStrict := false
 	for i, t := range tokens {
 		w := waiter{Token: t}
 		if i < len(as) {
@@ -218,7 +219,7 @@ func (r *reader) read(ctx context.Context, key string) (state, error) {
 				ttl, ch, _ := strings.Cut(a, " ")
 				w.TTLMs, _ = strconv.ParseInt(ttl, 10, 64)
 				if strings.HasSuffix(ch, "!") {
-					strict = append(strict, ch)
+					chans[i], anyStrict = ch, true
 				}
 			}
 		}
@@ -233,31 +234,30 @@ func (r *reader) read(ctx context.Context, key string) (state, error) {
 		}
 		st.Line = append(st.Line, w)
 	}
-	if !r.cached && len(strict) > 0 {
-		r.heard(ctx, st.Line, as, strict)
+	if !r.cached && anyStrict {
+		r.heard(ctx, st.Line, chans)
 	}
 	return st, nil
 }
 
-// heard sets Heard of the waiters in line (whose args are as) that have a
-// strict channel, from one PUBSUB NUMSUB of those channels; on a refusal
-// (an operator's ACL without it) it leaves them unknown.
-func (r *reader) heard(ctx context.Context, line []waiter, as []rueidis.RedisMessage,
-	strict []string) {
+// heard sets Heard of the waiters in line whose strict channel is chans[i]
+// ("" for none), from one PUBSUB NUMSUB of those channels; on a refusal (an
+// operator's ACL without it) it leaves them unknown.
+func (r *reader) heard(ctx context.Context, line []waiter, chans []string) {
+	var strict []string
+	for _, ch := range chans {
+		if ch != "" {
+			strict = append(strict, ch)
+		}
+	}
 	counts, err := r.c.Do(ctx, r.c.B().PubsubNumsub().Channel(strict...).Build()).AsIntMap()
 	if err != nil {
 		return
 	}
-	for i := range line {
-		if i >= len(as) {
-			break
-		}
-		a, _ := as[i].ToString()
-		if _, ch, _ := strings.Cut(a, " "); strings.HasSuffix(ch, "!") {
-			if n, ok := counts[ch]; ok {
-				heard := n > 0
-				line[i].Heard = &heard
-			}
+	for i, ch := range chans {
+		if n, ok := counts[ch]; ok && ch != "" {
+			heard := n > 0
+			line[i].Heard = &heard
 		}
 	}
 }
