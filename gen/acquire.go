@@ -105,13 +105,11 @@ local function now()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- hears reports whether the waiter whose args are a ("ttl channel") can
--- learn of a hand-off: it polls (no channel), its channel is not strict
--- (does not end in "!"), or the strict channel has a subscriber on this
--- server. A caller whose ACL refuses PUBSUB NUMSUB counts every waiter as
--- hearing.
-local function hears(a)
-  local ch = string.sub(a, string.find(a, ' ', 1, true) + 1)
+-- hears reports whether a waiter with channel ch can learn of a hand-off:
+-- it polls (no channel), its channel is not strict (does not end in "!"),
+-- or the strict channel has a subscriber on this server. A caller whose ACL
+-- refuses PUBSUB NUMSUB counts every waiter as hearing.
+local function hears(ch)
   if ch == '' or string.sub(ch, -1) ~= '!' then return true end
   local n = redis.pcall('PUBSUB', 'NUMSUB', ch)
   return n.err ~= nil or n[2] ~= 0
@@ -132,10 +130,10 @@ local function head(t)
     local a = redis.call('HGET', LA, h)
     if not (d and d > t and a and a ~= 'gone') then
       leave(h)
-    elseif h == token or hears(a) then
-      local sp = string.find(a, ' ', 1, true)
-      return h, string.sub(a, 1, sp - 1), string.sub(a, sp + 1)
     else
+      local sp = string.find(a, ' ', 1, true)
+      local httl, hch = string.sub(a, 1, sp - 1), string.sub(a, sp + 1)
+      if h == token or hears(hch) then return h, httl, hch end
       i = i + 1
     end
   end
@@ -240,7 +238,7 @@ redis.call('PEXPIRE', LA, keep)
 return {0, 0, pttl, redis.call('ZRANK', L, token) + 1}`
 
 // AcquireSHA1 is the SHA1 of AcquireSource, as SCRIPT LOAD replies it.
-const AcquireSHA1 = "31d1da50fe9df8ff8e6d3bb25b9889b15a3cd34c"
+const AcquireSHA1 = "fe670498ce50fd0060890bc0a9a7a77abfd0b645"
 
 var acquireScript = rueidis.NewLuaScript(AcquireSource)
 

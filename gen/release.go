@@ -58,13 +58,12 @@ local function leave(t)
   redis.call('HDEL', LA, t)
 end
 
--- hears reports whether the waiter whose args are a ("ttl channel") can
--- learn of a hand-off: it polls (no channel), it is the caller's (the reply
--- tells it), its channel is not strict (does not end in "!"), or the strict
--- channel has a subscriber on this server. A caller whose ACL refuses
--- PUBSUB NUMSUB counts every waiter as hearing.
-local function hears(a)
-  local ch = string.sub(a, string.find(a, ' ', 1, true) + 1)
+-- hears reports whether a waiter with channel ch can learn of a hand-off:
+-- it polls (no channel), it is the caller's (the reply tells it), its
+-- channel is not strict (does not end in "!"), or the strict channel has a
+-- subscriber on this server. A caller whose ACL refuses PUBSUB NUMSUB
+-- counts every waiter as hearing.
+local function hears(ch)
   if ch == '' or ch == channel or string.sub(ch, -1) ~= '!' then return true end
   local n = redis.pcall('PUBSUB', 'NUMSUB', ch)
   return n.err ~= nil or n[2] ~= 0
@@ -73,8 +72,8 @@ end
 -- head finds the line's first live entry whose waiter hears (see hears),
 -- skipping entries whose deadline passed (to be dropped) and live ones that
 -- would not hear (they keep their place), at most 65 in all; it replies its
--- token, args ("ttl channel"), or nil, and the lapsed tokens it skipped. It
--- writes nothing.
+-- token, ttl and channel (from its args "ttl channel"), or nil, and the
+-- lapsed tokens it skipped. It writes nothing.
 local function head()
   local lapsed, now = {}, nil
   for i = 0, 64 do
@@ -88,19 +87,19 @@ local function head()
     local a = redis.call('HGET', LA, h)
     if not (d and d > now and a and a ~= 'gone') then
       lapsed[#lapsed + 1] = h
-    elseif hears(a) then
-      return h, a, lapsed
+    else
+      local sp = string.find(a, ' ', 1, true)
+      local httl, hch = string.sub(a, 1, sp - 1), string.sub(a, sp + 1)
+      if hears(hch) then return h, httl, hch, lapsed end
     end
   end
-  return nil, nil, lapsed
+  return nil, nil, nil, lapsed
 end
 
--- hand sets the free (or released) lock to the head h's token with its ttl,
--- allocates its fence and publishes "fence ttl token" on its channel unless
--- that is the caller's. The fence INCR is its first write.
-local function hand(h, a, lapsed)
-  local sp = string.find(a, ' ', 1, true)
-  local httl, hch = string.sub(a, 1, sp - 1), string.sub(a, sp + 1)
+-- hand sets the free (or released) lock to the head h's token with its ttl
+-- httl, allocates its fence and publishes "fence ttl token" on its channel
+-- hch unless that is the caller's. The fence INCR is its first write.
+local function hand(h, httl, hch, lapsed)
   local fence = redis.pcall('INCR', KEYS[2])
   if type(fence) == 'table' then
     if string.find(fence.err or '', 'WRONGTYPE', 1, true) then return fence end
@@ -118,8 +117,8 @@ end
 -- handToHead hands the key to the line's live head and replies hand's
 -- reply, or, when no entry is live, drops the lapsed ones and replies nil.
 local function handToHead()
-  local h, a, lapsed = head()
-  if h then return hand(h, a, lapsed) end
+  local h, httl, hch, lapsed = head()
+  if h then return hand(h, httl, hch, lapsed) end
   for i = 1, #lapsed do leave(lapsed[i]) end
   return nil
 end
@@ -168,7 +167,7 @@ if queued then giveUp() end
 return handToHead() or {0, false, 0, 0}`
 
 // ReleaseSHA1 is the SHA1 of ReleaseSource, as SCRIPT LOAD replies it.
-const ReleaseSHA1 = "66ca4f4d42cee6c7ba9e957ab862096ea2220e06"
+const ReleaseSHA1 = "7b68d61defbcc630a196680efc63e9d5368f7c78"
 
 var releaseScript = rueidis.NewLuaScript(ReleaseSource)
 

@@ -114,13 +114,11 @@ local function now()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- hears reports whether the waiter whose args are a ("ttl channel") can
--- learn of a hand-off: it polls (no channel), its channel is not strict
--- (does not end in "!"), or the strict channel has a subscriber on this
--- server. A caller whose ACL refuses PUBSUB NUMSUB counts every waiter as
--- hearing.
-local function hears(a)
-  local ch = string.sub(a, string.find(a, ' ', 1, true) + 1)
+-- hears reports whether a waiter with channel ch can learn of a hand-off:
+-- it polls (no channel), its channel is not strict (does not end in "!"),
+-- or the strict channel has a subscriber on this server. A caller whose ACL
+-- refuses PUBSUB NUMSUB counts every waiter as hearing.
+local function hears(ch)
   if ch == '' or string.sub(ch, -1) ~= '!' then return true end
   local n = redis.pcall('PUBSUB', 'NUMSUB', ch)
   return n.err ~= nil or n[2] ~= 0
@@ -141,10 +139,10 @@ local function head(t)
     local a = redis.call('HGET', LA, h)
     if not (d and d > t and a and a ~= 'gone') then
       leave(h)
-    elseif h == token or hears(a) then
-      local sp = string.find(a, ' ', 1, true)
-      return h, string.sub(a, 1, sp - 1), string.sub(a, sp + 1)
     else
+      local sp = string.find(a, ' ', 1, true)
+      local httl, hch = string.sub(a, 1, sp - 1), string.sub(a, sp + 1)
+      if h == token or hears(hch) then return h, httl, hch end
       i = i + 1
     end
   end
@@ -367,13 +365,12 @@ local function leave(t)
   redis.call('HDEL', LA, t)
 end
 
--- hears reports whether the waiter whose args are a ("ttl channel") can
--- learn of a hand-off: it polls (no channel), it is the caller's (the reply
--- tells it), its channel is not strict (does not end in "!"), or the strict
--- channel has a subscriber on this server. A caller whose ACL refuses
--- PUBSUB NUMSUB counts every waiter as hearing.
-local function hears(a)
-  local ch = string.sub(a, string.find(a, ' ', 1, true) + 1)
+-- hears reports whether a waiter with channel ch can learn of a hand-off:
+-- it polls (no channel), it is the caller's (the reply tells it), its
+-- channel is not strict (does not end in "!"), or the strict channel has a
+-- subscriber on this server. A caller whose ACL refuses PUBSUB NUMSUB
+-- counts every waiter as hearing.
+local function hears(ch)
   if ch == '' or ch == channel or string.sub(ch, -1) ~= '!' then return true end
   local n = redis.pcall('PUBSUB', 'NUMSUB', ch)
   return n.err ~= nil or n[2] ~= 0
@@ -382,8 +379,8 @@ end
 -- head finds the line's first live entry whose waiter hears (see hears),
 -- skipping entries whose deadline passed (to be dropped) and live ones that
 -- would not hear (they keep their place), at most 65 in all; it replies its
--- token, args ("ttl channel"), or nil, and the lapsed tokens it skipped. It
--- writes nothing.
+-- token, ttl and channel (from its args "ttl channel"), or nil, and the
+-- lapsed tokens it skipped. It writes nothing.
 local function head()
   local lapsed, now = {}, nil
   for i = 0, 64 do
@@ -397,19 +394,19 @@ local function head()
     local a = redis.call('HGET', LA, h)
     if not (d and d > now and a and a ~= 'gone') then
       lapsed[#lapsed + 1] = h
-    elseif hears(a) then
-      return h, a, lapsed
+    else
+      local sp = string.find(a, ' ', 1, true)
+      local httl, hch = string.sub(a, 1, sp - 1), string.sub(a, sp + 1)
+      if hears(hch) then return h, httl, hch, lapsed end
     end
   end
-  return nil, nil, lapsed
+  return nil, nil, nil, lapsed
 end
 
--- hand sets the free (or released) lock to the head h's token with its ttl,
--- allocates its fence and publishes "fence ttl token" on its channel unless
--- that is the caller's. The fence INCR is its first write.
-local function hand(h, a, lapsed)
-  local sp = string.find(a, ' ', 1, true)
-  local httl, hch = string.sub(a, 1, sp - 1), string.sub(a, sp + 1)
+-- hand sets the free (or released) lock to the head h's token with its ttl
+-- httl, allocates its fence and publishes "fence ttl token" on its channel
+-- hch unless that is the caller's. The fence INCR is its first write.
+local function hand(h, httl, hch, lapsed)
   local fence = redis.pcall('INCR', KEYS[2])
   if type(fence) == 'table' then
     if string.find(fence.err or '', 'WRONGTYPE', 1, true) then return fence end
@@ -427,8 +424,8 @@ end
 -- handToHead hands the key to the line's live head and replies hand's
 -- reply, or, when no entry is live, drops the lapsed ones and replies nil.
 local function handToHead()
-  local h, a, lapsed = head()
-  if h then return hand(h, a, lapsed) end
+  local h, httl, hch, lapsed = head()
+  if h then return hand(h, httl, hch, lapsed) end
   for i = 1, #lapsed do leave(lapsed[i]) end
   return nil
 end
