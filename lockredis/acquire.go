@@ -292,6 +292,11 @@ func (m *Manager) giveUp(w *waiter) {
 // what it would free has lapsed anyway (the lease's ttl, the place's
 // LineTTL) or the Manager is closed; Close waits for the try in flight. It
 // does nothing when CleanupTimeout is negative.
+//
+// Once an undo succeeded it undoes again undoSettle later: the attempt that
+// the caller's context cut off may still be on its way on another of
+// rueidis's connections (rueidis spreads a key's calls over several) and
+// reach Redis after the first undo, taking the key or a place in line.
 func (m *Manager) releaseLater(l *Lease, ttl time.Duration) {
 	if m.cleanup <= 0 {
 		return
@@ -299,8 +304,15 @@ func (m *Manager) releaseLater(l *Lease, ttl time.Duration) {
 	m.goBackground(func() {
 		until := time.Now().Add(max(ttl, m.lineTTL))
 		backoff := m.minBO
-		for {
+		for settled := false; ; {
 			err := m.undo(l)
+			if err == nil && !settled {
+				settled = true
+				if !m.sleep(undoSettle) {
+					return
+				}
+				continue
+			}
 			if err == nil || !retryable(err) || time.Now().After(until) {
 				return // done, or refused for good, or moot
 			}
@@ -311,6 +323,11 @@ func (m *Manager) releaseLater(l *Lease, ttl time.Duration) {
 		}
 	})
 }
+
+// undoSettle is how long after a successful undo releaseLater undoes
+// again. An attempt sent before the undo reaches Redis within a few
+// milliseconds of it once Redis answers again: it was written first.
+const undoSettle = 100 * time.Millisecond
 
 // undo runs the release script for l's token on a context of its own,
 // bounded by CleanupTimeout (DefaultCleanupTimeout when that is disabled):
